@@ -293,7 +293,7 @@ function startWatchdog(config: { dataDir: string; log: { level: string; format: 
   // A thread that fails (out of file descriptors while it loads, say) emits 'error', which without a listener
   // ended this process and its sessions: logged and started again; the supervisor's hang check covers the gap.
   const start = (): void => {
-    const thread = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), { workerData });
+    const thread = typescriptWorker(new URL('./watchdog-thread.ts', import.meta.url), { workerData, name: 'watchdog' }); // named: `top -H`, tests
     thread.unref();
     thread.on('error', (err: Error) => {
       if (watchdog === thread) watchdog = null;

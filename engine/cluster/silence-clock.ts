@@ -52,6 +52,7 @@ export class SilenceClock {
   #at = 0;
   #ranMs: number | null = null;
   #processRanMs: number | null = null;
+  #mainRanMs: number | null = null;
 
   /** The main thread's id is its process id. */
   constructor(pid: number) {
@@ -67,6 +68,15 @@ export class SilenceClock {
     this.#at = now;
     this.#ranMs = null;
     this.#processRanMs = null;
+    this.#mainRanMs = null;
+  }
+
+  /**
+   * The time the main thread itself ran on a CPU during the silence, as far as the looks saw it (the time before the
+   * first one is not known); null before a second look, or without /proc.
+   */
+  get mainRanMs(): number | null {
+    return this.#mainRanMs;
   }
 
   /**
@@ -81,6 +91,7 @@ export class SilenceClock {
     const ran = thread && this.#ranMs !== null ? Math.max(0, thread.ranMs - this.#ranMs) : null;
     const processRan = processRanMs !== null && this.#processRanMs !== null ? Math.max(0, processRanMs - this.#processRanMs) : null;
     this.#counted += thread?.runnable && ran !== null ? Math.min(elapsed, Math.max(ran, processRan ?? 0)) : elapsed;
+    if (ran !== null) this.#mainRanMs = (this.#mainRanMs ?? 0) + ran;
     this.#at = now;
     this.#ranMs = thread?.ranMs ?? null;
     this.#processRanMs = processRanMs;

@@ -69,6 +69,7 @@ import { lockHolder } from '../spool/data-dir-lock.ts';
 import { listenPolicyService, policyConnectionKey, type BoundPolicyService } from '../policy-service/listen.ts';
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress, heldStill } from './thread-progress.ts';
 import { SilenceClock } from './silence-clock.ts';
+import { silenceBlamesEventLoop, type Silenced } from './silence-blame.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror, type RunningScript } from '../sandbox/running-call.ts';
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
@@ -146,7 +147,7 @@ interface Child {
    * The process this supervisor killed for its silence (its pid), and whether it was held still then (stopped by a
    * signal or a debugger): what its death says about the scripts it ran differs from a crash's (see #blamed).
    */
-  silenced: { pid: number; heldStill: boolean; ranMs: number } | null;
+  silenced: ({ pid: number } & Silenced) | null;
 }
 
 /** Older releases wrote cluster.json and status.json through `<name>.<pid>.tmp`: a kill -9 left one for good. */
@@ -694,12 +695,12 @@ export class Supervisor {
    * thread cannot hold that thread's timers back, and was blamed for kills of workers merely slowed by load. And
    * none when it was held still (SIGSTOP, a debugger: each such kill had counted as a crash of the scripts it ran,
    * and a worker stopped three times while a healthy script ran fenced it), nor when its main thread did not run for
-   * the limit (killed at BUSY_WITHOUT_TIMERS_MS while it waited for a CPU or worked through I/O: no script's doing).
+   * the limit (silence-blame.ts).
    */
   #blamed(child: Child, pid: number, mirror: string): RunningScript[] {
     const silenced = child.silenced?.pid === pid ? child.silenced : null;
     if (!silenced) return readMirror(mirror);
-    return silenced.heldStill || silenced.ranMs < SUPERVISOR_HANG_MS ? [] : readMirror(mirror, true);
+    return silenceBlamesEventLoop(silenced) ? readMirror(mirror, true) : [];
   }
 
   #collectCrashes(more: CrashRecord[] = []): void {
@@ -1012,7 +1013,7 @@ export class Supervisor {
       const limit = c.ready ? SUPERVISOR_HANG_MS : STARTUP_MS;
       if (c.proc && c.proc.exitCode === null && now - c.lastBeat > limit && !this.#busy(c, now)) {
         const held = heldStill(c.proc.pid!);
-        c.silenced = { pid: c.proc.pid!, heldStill: held, ranMs: c.silentRanMs };
+        c.silenced = { pid: c.proc.pid!, heldStill: held, ranMs: c.silentRanMs, mainRanMs: c.silence?.mainRanMs ?? null };
         this.log.error({ [c.kind]: c.index, childPid: c.proc.pid, silentMs: Math.round(now - c.lastBeat), ranMs: Math.round(c.silentRanMs), heldStill: held },
           `${c.kind} stopped answering: killing it${held ? ' (it was held still, by a signal or a debugger: no script is blamed)' : ''}`);
         c.lastBeat = now; // one kill per silence

@@ -6,14 +6,15 @@
  * CPUs, whatever the process may use). The main thread got a quarter of the CPU, and was killed only once it had run
  * for the whole limit: after 4.4 s, and with more busy isolates than CPUs a hang outwaited BUSY_WITHOUT_TIMERS_MS.
  * A wait for a CPU the process's own threads held counts: the watchdog kills it before its main thread has run for
- * the limit (counted in CPU time, as the main thread's schedstat says, not in wall time), blaming the call that hung.
+ * the limit (counted in CPU time, as the main thread's schedstat says, not in wall time), blaming the call that hung
+ * (or, on a host loaded beyond this test's own load, the supervisor does, by the same count).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { HANG_MS } from '../../engine/cluster/process-model.ts';
+import { HANG_MS, SUPERVISOR_HANG_MS } from '../../engine/cluster/process-model.ts';
 import { ONE_WORKER, greeted, startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { runningMirror } from '../../engine/cluster/process-model.ts';
 
@@ -67,9 +68,15 @@ test('a hang on the fast path while the script keeps isolate threads busy on the
       last = now;
       await new Promise((r) => setTimeout(r, 10));
     }
-    const kill = await c.waitFor('the kill logged', () => c.logs.find((l) => (l.pid === pid || l.childPid === pid) && /hung|stopped answering/.test(String(l.msg))), 30_000);
-    assert.match(String(kill.msg), /^worker 0 hung in rcptto \(/, 'the watchdog killed it, blaming the call that hung');
-    assert.ok(last - before < HANG_MS / 2, `killed before its main thread ran for the limit (it ran ${Math.round(last - before)} ms of the hang; 1/4 of the CPU)`);
+    const blamed = await c.waitFor('the kill blamed on the call that hung', () => c.logs.find((l) => (l.pid === pid || l.childPid === pid) && /^worker 0 (hung in|died \(signal SIGKILL\) while running) rcptto \(/.test(String(l.msg))), 30_000);
+    const ran = Math.round(last - before);
+    if (/hung in/.test(String(blamed.msg))) {
+      assert.ok(ran < HANG_MS / 2, `the watchdog killed it before its main thread ran for the limit (it ran ${ran} ms of the hang; 1/4 of the CPU)`);
+    } else {
+      // On a loaded host the watchdog thread, on the CPU of the busy isolates, may come late at every tick (each late
+      // tick starts its count over): the supervisor, counting the same way, killed it, and blamed the call.
+      assert.ok(ran < SUPERVISOR_HANG_MS / 2, `the supervisor killed it before its main thread ran for its limit (it ran ${ran} ms of the hang)`);
+    }
     for (const s of [...spinners, h]) s.socket.destroy();
   } finally {
     await c.stop();
