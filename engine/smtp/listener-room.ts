@@ -15,7 +15,8 @@
  * a client whose connections were all on the other worker held none here, closed a connection of an address
  * holding as many as it, and that client's reconnection, on the other worker, closed one of its in turn.
  *
- * When that closes nobody, a message arriving below limits.minDataRate may make room instead (closeSlowestTransferFor).
+ * When that closes nobody, a message arriving below limits.minDataRate may make room instead (closeSlowestTransferFor),
+ * and failing that a connection idle at least limits.idleWhenFullMs in the command phase (closeIdlestFor).
  */
 import { firstToClose, type Standing } from '../connection-limits/closing-order.ts';
 import type { TransferJudgement } from './transfer-rate.ts';
@@ -44,6 +45,23 @@ export interface RoomMember {
   slowTransfer(now: number): TransferJudgement | null;
   /** Close it for a slow transfer (`judged`), with the reply that says why. */
   closeForSlowTransfer(judged: TransferJudgement): void;
+  /**
+   * How long it has done nothing useful in the command phase, as judged at `now` (after the sockets were read), if
+   * at least its listener's limits.idleWhenFullMs; null otherwise, or when it must not be closed (as standing()),
+   * or is in a STARTTLS handshake.
+   */
+  idleWhenFull(now: number): IdleJudgement | null;
+  /** Close it for its idleness (`judged`), with the reply that says why. */
+  closeForIdleness(judged: IdleJudgement): void;
+}
+
+/** A connection's idleness as judged for a full listener. */
+export interface IdleJudgement {
+  idleMs: number;
+  /** It had a MAIL FROM accepted at some time (it came to send mail). */
+  mailSeen: boolean;
+  /** The listener's limits.idleWhenFullMs it was judged by. */
+  minimum: number;
 }
 
 /**
@@ -96,4 +114,32 @@ export function closeSlowestTransferFor<M extends RoomMember>(newcomer: M, membe
   if (!slowest || !judged) return false;
   slowest.closeForSlowTransfer(judged);
   return true;
+}
+
+/**
+ * Nobody closed by either rule above (a botnet, one connection an address, every one idle or sending a command just
+ * within socketTimeoutMs): close the connection idle longest in the command phase, if idle at least
+ * limits.idleWhenFullMs. One that never had a MAIL FROM accepted goes first (a client that came to send mail, a
+ * connection cache between messages, loses its slot only after every such one), then the one idle longest. False
+ * when none is idle that long. Junk commands (NOOP, RSET...) are not activity: a client sending one in a loop is as
+ * idle as a silent one. `now` must be taken after the sockets were read, so a command that came while our event loop
+ * was late is counted first.
+ */
+export function closeIdlestFor<M extends RoomMember>(newcomer: M, members: Iterable<M>, now: number): boolean {
+  let idlest: M | null = null;
+  let judged: IdleJudgement | null = null;
+  for (const member of members) {
+    if (member === newcomer || !member.counted) continue;
+    const judgement = member.idleWhenFull(now);
+    if (judgement && (!judged || before(judgement, judged))) [idlest, judged] = [member, judgement];
+  }
+  if (!idlest || !judged) return false;
+  idlest.closeForIdleness(judged);
+  return true;
+}
+
+/** `a` is closed before `b`: never a MAIL FROM first, then idle longer. */
+function before(a: IdleJudgement, b: IdleJudgement): boolean {
+  if (a.mailSeen !== b.mailSeen) return !a.mailSeen;
+  return a.idleMs > b.idleMs;
 }

@@ -29,7 +29,7 @@ import type { TrustedIssuers } from '../certificates/index.ts';
 import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts';
 import { nextProgress, type Standing } from '../connection-limits/closing-order.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
-import type { RoomMember } from './listener-room.ts';
+import type { IdleJudgement, RoomMember } from './listener-room.ts';
 import { TransferRate, type TransferJudgement } from './transfer-rate.ts';
 import { handshakeDeadline } from '../timing/handshake-deadline.ts';
 
@@ -121,6 +121,8 @@ export interface ListenerHost {
   makeRoomFor(connection: PosternConnection): boolean;
   /** Over limits.maxConnections, nobody to close by makeRoomFor: close the slowest message transfer below limits.minDataRate. */
   closeSlowestTransferFor(connection: PosternConnection): boolean;
+  /** Over limits.maxConnections, nobody closed by either: close the connection idle longest, if at least limits.idleWhenFullMs. */
+  closeIdlestFor(connection: PosternConnection): boolean;
 }
 
 /** A reply Postern decided, waiting for the send() that writes it. */
@@ -167,6 +169,14 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   #advanced = false;
   /** Accepted in this turn of the event loop or the next: what it sent with its connect is not read yet. */
   #fresh = true;
+  /**
+   * For limits.idleWhenFullMs: when it last did something useful (performance.now()): its greeting, a reply 2xx/3xx
+   * to a command other than a junk one, a message received. Not any command: a NOOP every few seconds kept a slot
+   * of a full listener as long as the client liked.
+   */
+  #usefulAt = performance.now();
+  /** A MAIL FROM of it was accepted: it came to send mail. */
+  #mailSeen = false;
 
   /**
    * Its standing when the listener is full (closing-order.ts); null while it must not be closed for another
@@ -201,6 +211,21 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     const rate = this.#transfer.rate(now, this.#bytesIn, dataRateWindowMs);
     if (rate === null || rate.bytesPerSecond >= minDataRate) return null;
     return { ...rate, minimum: minDataRate };
+  }
+
+  idleWhenFull(now: number): IdleJudgement | null {
+    const minimum = this.state.listener.limits.idleWhenFullMs;
+    if (minimum === 0 || this._upgrading || this.standing() === null) return null;
+    const idleMs = now - this.#usefulAt;
+    return idleMs >= minimum ? { idleMs, mailSeen: this.#mailSeen, minimum } : null;
+  }
+
+  /** Idle while the listener is full (listener-room.ts): a 421 that says for how long. */
+  closeForIdleness(judged: IdleJudgement): void {
+    this.#answer('SMTP', reply('closedIdleForAnotherClient', {
+      hostname: this.name, seconds: (judged.idleMs / 1000).toFixed(1), min: String(judged.minimum),
+      mail: judged.mailSeen ? 'after a MAIL FROM' : 'never a MAIL FROM',
+    }));
   }
 
   /** Its message arrives too slowly while the listener is full (listener-room.ts): a 421 that says why; nothing of it was accepted. */
@@ -288,6 +313,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     stream.on('close', () => { // after the end, or the client went away
       if (this.#receiving === stream) this.#receiving = null;
       this.#progress = nextProgress(); // a message received is progress, however long it took
+      this.#usefulAt = performance.now();
     });
   }
 
@@ -358,7 +384,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
       // event loop was late are counted before it is found slow (transfer-rate.ts).
       setImmediate(() => {
         if (this._closing || this._closed) return;
-        if (this.#server.closeSlowestTransferFor(this)) this.#greet();
+        if (this.#server.closeSlowestTransferFor(this) || this.#server.closeIdlestFor(this)) this.#greet();
         else this.#refuseListenerFull();
       });
     });
@@ -419,6 +445,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     const decided = this.#nextReply;
     this.#nextReply = null;
+    if (code < 400) this.#wasUseful();
     const addressCommand = this.#addressCommand;
     this.#addressCommand = null;
     batchReply(this._socket as net.Socket);
@@ -457,6 +484,13 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
+  }
+
+  /** A 2xx/3xx reply to the command being answered (#stage; CONNECT: the greeting): activity, unless a junk command's. */
+  #wasUseful(): void {
+    if (JUNK_COMMANDS.has(this.#stage)) return;
+    this.#usefulAt = performance.now();
+    if (this.#stage === 'MAIL') this.#mailSeen = true;
   }
 
   /** Whether a reply sent now is written (smtp-server's own test in its send()): not once the client has left. */

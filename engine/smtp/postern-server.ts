@@ -24,7 +24,7 @@ import { closedUnansweredCounted, connectRefusalCounted } from './connection-ref
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
 import { clientAddress } from '../addresses/socket-address.ts';
-import { closeSlowestTransferFor, makeRoomFor } from './listener-room.ts';
+import { closeIdlestFor, closeSlowestTransferFor, makeRoomFor } from './listener-room.ts';
 import { handshakeDeadline } from '../timing/handshake-deadline.ts';
 
 /** Everything a listener is built from (see listener-options.ts). */
@@ -376,6 +376,11 @@ export class PosternServer extends SMTPServer {
   /** Over limits.maxConnections, nobody closed by makeRoomFor: this process's slowest message transfer below limits.minDataRate (listener-room.ts). */
   closeSlowestTransferFor(newcomer: PosternConnection): boolean {
     return closeSlowestTransferFor(newcomer, (this as unknown as { connections: Set<PosternConnection> }).connections, performance.now());
+  }
+
+  /** Over limits.maxConnections, nobody closed by the rules above: this process's connection idle longest, if idle at least limits.idleWhenFullMs (listener-room.ts). */
+  closeIdlestFor(newcomer: PosternConnection): boolean {
+    return closeIdlestFor(newcomer, (this as unknown as { connections: Set<PosternConnection> }).connections, performance.now());
   }
 
   /** limits.maxConnections (smtp-server's maxClients). */

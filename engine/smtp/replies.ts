@@ -19,6 +19,7 @@ export const REPLIES = {
   // Connection limits and client certificates, before the greeting (or right after STARTTLS).
   tooManyClients: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, try again in a moment', reason: 'limits.maxConnections' },
   closedForAnotherClient: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, this idle connection is closed for another client', reason: 'limits.maxConnections: closed for a client of an address holding fewer' },
+  closedIdleForAnotherClient: { code: 421, enhanced: '4.7.0', text: '{hostname} Too many connected clients, this connection idle for {seconds} s is closed for another client', reason: 'limits.idleWhenFullMs: idle {seconds} s, {mail}, while the listener was full (at least {min} ms): closed for another client' },
   tooManyConnectionsFromAddress: { code: 421, enhanced: '4.7.0', text: 'Too many connections from your address', reason: 'limits.maxConnectionsPerIp' },
   connectionRateFromAddress: { code: 421, enhanced: '4.7.0', text: 'Error: too many connections from {ip}, try again later', reason: 'limits.connectionRatePerIp' },
   connectionRateStoreUnavailable: { code: 421, enhanced: '4.7.0', text: 'Connection rate cannot be checked, try again later', reason: 'limits.connectionRatePerIp: store unavailable (fail closed)' },

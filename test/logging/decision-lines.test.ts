@@ -134,6 +134,7 @@ before(async () => {
         testListener('doomed', { tls: { mode: 'none' } }),
         testListener('slowdata', { tls: { mode: 'none' }, limits: { dataTimeoutMs: 500 } }),
         testListener('dripfull', { tls: { mode: 'none' }, limits: { maxConnections: 1, minDataRate: 1000, dataRateWindowMs: 1000 } }),
+        testListener('idlefull', { tls: { mode: 'none' }, limits: { maxConnections: 1, idleWhenFullMs: 300 } }),
         testListener('perip', { limits: { maxConnectionsPerIp: 1 } }),
         testListener('rate', { limits: { connectionRatePerIp: { count: 1, windowSeconds: 3600 } } }),
         testListener('strict', { tls: testServerTls(pki, { clientCertificates: 'request', strict: true }) }),
@@ -293,6 +294,20 @@ const ROWS = {
       assert.equal(other.seen[0]!.code, 220);
       const seen = [...stale.seen, ...await stale.c.repliesUntilClosed()];
       for (const c of [held.c, other.c]) c.destroy();
+      return seen;
+    },
+  },
+  closedIdleForAnotherClient: {
+    // The only place of the listener held by a client idle since its EHLO: closed for a client of another address.
+    server: 'main', stage: 'SMTP', values: { hostname: 'mx.test', mail: 'never a MAIL FROM', min: '300' },
+    text: /^mx\.test Too many connected clients, this connection idle for [\d.]+ s is closed for another client$/,
+    async drive() {
+      const idle = await session('main', 'idlefull');
+      await sleep(450); // past idleWhenFullMs since the EHLO was answered
+      const other = await open('main', 'idlefull', { localAddress: '127.0.0.2' });
+      assert.equal(other.seen[0]!.code, 220);
+      const seen = [...idle.seen, ...await idle.c.repliesUntilClosed()];
+      other.c.destroy();
       return seen;
     },
   },

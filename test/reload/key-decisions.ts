@@ -144,6 +144,7 @@ export const DECISIONS: Record<string, KeyDecision> = {
   'listeners[].limits.dataTimeoutMs': live((c) => { L(c).limits.dataTimeoutMs = 1000; }),
   'listeners[].limits.minDataRate': live((c) => { L(c).limits.minDataRate = 0; }),
   'listeners[].limits.dataRateWindowMs': live((c) => { L(c).limits.dataRateWindowMs = 1000; }),
+  'listeners[].limits.idleWhenFullMs': live((c) => { L(c).limits.idleWhenFullMs = 0; }),
   'listeners[].limits.greetingDelayMs': live((c) => { L(c).limits.greetingDelayMs = 500; }),
   'listeners[].limits.maxErrors': live((c) => { L(c).limits.maxErrors = 2; }),
   'listeners[].limits.maxJunkCommands': live((c) => { L(c).limits.maxJunkCommands = 2; }),

@@ -23,6 +23,8 @@ function member(network: string, reads: { n: number }): Held {
     closeForAnotherClient() { this.closed = true; this.counted = false; },
     slowTransfer: () => null,
     closeForSlowTransfer() { this.closed = true; this.counted = false; },
+    idleWhenFull: () => null,
+    closeForIdleness() { this.closed = true; this.counted = false; },
   };
 }
 
