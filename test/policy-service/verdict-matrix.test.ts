@@ -49,7 +49,10 @@ const CASES: Array<[string, string, (state: State) => string]> = [
   ['unhandled', '(Promise.reject(new Error("lost")), accept())', () => FAILED],
 ];
 
-const script = `export default function (ctx) {
+// Each script decides its own states only: the connect, helo and mailfrom scripts also decide later states first
+// (earlier-stages.ts), and would answer there for the later hook.
+const script = (hook: string): string => `export default function (ctx) {
+  if (!${JSON.stringify(Object.keys(STATES).filter((state) => STATES[state as State] === hook))}.includes(ctx.postfix.protocolState)) return;
   const c = ctx.postfix.attributes.policy_context;
 ${CASES.map(([name, verdict]) => `  if (c === ${JSON.stringify(name)}) return ${verdict};`).join('\n')}
   throw new Error('no case ' + c);
@@ -58,14 +61,16 @@ ${CASES.map(([name, verdict]) => `  if (c === ${JSON.stringify(name)}) return ${
 test('each verdict in each Postfix state is answered as the docs say, or with the failure action', async () => {
   const s = await startTestServer({
     config: 'policyServices:\n  - name: main\n    listen: 127.0.0.1:0\n',
-    scripts: Object.fromEntries(['connect', 'helo', 'mailfrom', 'rcptto', 'data'].map((h) => [`${h}.js`, script])),
+    scripts: Object.fromEntries(['connect', 'helo', 'mailfrom', 'rcptto', 'data'].map((h) => [`${h}.js`, script(h)])),
   });
   try {
     const c = await PolicyClient.connect({ port: Number(s.policyAddresses.get('main')!.split(':').pop()) });
     const wrong: string[] = [];
+    // Each request its own SMTP session (client_port): an earlier stage's verdict is kept per session.
+    let port = 1000;
     for (const state of Object.keys(STATES) as State[]) {
       for (const [name, , expected] of CASES) {
-        const answer = await c.ask(rcptRequest({ protocol_state: state, policy_context: name, size: 100 }));
+        const answer = await c.ask(rcptRequest({ protocol_state: state, policy_context: name, size: 100, client_port: port++ }));
         if (answer !== `action=${expected(state)}`) wrong.push(`${state} ${name}: ${JSON.stringify(answer.slice(0, 120))}`);
       }
     }
