@@ -19,11 +19,12 @@ export const EARLIER_HOOKS: Readonly<Record<HookName, readonly HookName[]>> = {
   data: ['connect', 'helo', 'mailfrom'], auth: [], predelivery: [],
 };
 
-/** What makes a stage's decision the same one: its SMTP session (the client's address and port), HELO name, transaction. */
+/** What makes a stage's decision the same one: its SMTP session (the client's address and port), HELO (name, TLS), transaction. */
 export function stageKey(hook: HookName, a: Record<string, string>): string {
   const session = `${a.client_address ?? ''}\n${a.client_port ?? ''}\n${a.server_address ?? ''}\n${a.server_port ?? ''}`;
   if (hook === 'connect') return session;
-  if (hook === 'helo') return `${session}\n${a.helo_name ?? ''}`;
+  // A listener runs the helo script again at the EHLO after STARTTLS (the session starts over, RFC 3207 §4.2).
+  if (hook === 'helo') return `${session}\n${a.helo_name ?? ''}\n${a.encryption_protocol ?? ''}`;
   return `${session}\n${a.instance ?? ''}\n${a.sender ?? ''}`;
 }
 

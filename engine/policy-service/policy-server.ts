@@ -249,7 +249,7 @@ export class PolicyServer {
           let refused: PolicyAction | null = null;
           for (const earlier of EARLIER_HOOKS[rc.hook]) {
             if (!generation.sandboxFor(service).has(earlier)) continue;
-            const verdict = await this.#verdictOf(generation, service, earlier, requestContext(a, service, generation, memo, earlier)!, a, cid, stages);
+            const verdict = await this.#verdictOf(generation, service, earlier, requestContext(a, service, generation, memo, earlier)!, a, cid, stages, true);
             if (verdict === undefined || verdict.verdict === 'accept') continue;
             hook = earlier;
             refused = policyAction(service, earlier, verdict, null, a.recipient ?? '', state, generation.config.unknownRecipientReply);
@@ -258,7 +258,7 @@ export class PolicyServer {
           if (refused) {
             result = refused;
           } else {
-            const verdict = await this.#verdictOf(generation, service, rc.hook, rc, a, cid, stages);
+            const verdict = await this.#verdictOf(generation, service, rc.hook, rc, a, cid, stages, false);
             result = policyAction(service, rc.hook, verdict, rc.builtin, a.recipient ?? '', state, generation.config.unknownRecipientReply);
           }
           if (result.reason?.startsWith('script ')) script = generation.sandboxFor(service).scriptFile(hook);
@@ -298,16 +298,18 @@ export class PolicyServer {
   }
 
   /**
-   * The verdict of `hook` on this request: for connect, helo and mailfrom, the one an earlier request of the same
-   * session (or transaction) got on this connection, if any, so each runs once whichever states Postfix asks at.
+   * The verdict of `hook` on this request. For connect, helo and mailfrom it is kept for the later requests of the
+   * same session (or transaction) on this connection, which take it as an earlier stage's (`earlierStage`), so
+   * each runs once whichever states Postfix asks at; asked at its own state (a HELO, then an EHLO) it runs again,
+   * as a listener runs it for each command.
    */
   async #verdictOf(
     generation: PolicyGeneration, service: PolicyServiceConfig, hook: HookName, rc: RequestContext, a: Record<string, string>,
-    cid: string, stages: StageVerdicts,
+    cid: string, stages: StageVerdicts, earlierStage: boolean,
   ): Promise<Verdict | undefined> {
     const kept = hook === 'connect' || hook === 'helo' || hook === 'mailfrom';
     const key = kept ? stageKey(hook, a) : '';
-    const earlier = kept ? stages.get(generation, hook, key) : null;
+    const earlier = kept && earlierStage ? stages.get(generation, hook, key) : null;
     if (earlier) return earlier.verdict;
     const verdict = await runHook(generation, service, hook, rc.ctx, cid, this.#runtime.logger, rc.key, 'postfix-policy') as Verdict | undefined;
     if (kept) stages.set(generation, hook, key, verdict);

@@ -40,6 +40,9 @@ test('over the policy protocol: a RCPT request is refused by the connect, helo o
     // A second transaction of that session runs mailfrom again, not connect or helo.
     assert.equal(await ask({ ...session, instance: 'a.b.2.0', protocol_state: 'RCPT' }), 'DUNNO');
     assert.deepEqual(['connect', 'helo', 'mailfrom', 'rcptto'].map(ran), [1, 1, 2, 3]);
+    // The EHLO of another TLS state (before STARTTLS, or after it) runs the helo script again, as on a listener.
+    assert.equal(await ask({ ...session, protocol_state: 'EHLO', encryption_protocol: '' }), 'DUNNO');
+    assert.deepEqual(['connect', 'helo'].map(ran), [1, 2]);
     // Sessions asked at RCPT only (smtpd_delay_reject = yes): the earlier stage's reject is the answer.
     assert.equal(await ask({ client_port: 1001, protocol_state: 'RCPT', client_address: '192.0.2.66' }), '554 5.7.1 connect refused');
     assert.equal(await ask({ client_port: 1002, protocol_state: 'RCPT', helo_name: 'bad.example' }), '550 5.7.1 helo refused');
