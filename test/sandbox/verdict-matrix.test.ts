@@ -94,8 +94,9 @@ test('each verdict in each SMTP hook gets the reply the docs give it, or the fai
   });
   try {
     const wrong: string[] = [];
+    // The cases of one hook at once (each its own client address); the hooks one after another.
     for (const hook of HOOKS) {
-      for (const [i, [name, , expected]] of CASES.entries()) {
+      await Promise.all(CASES.map(async ([name, , expected], i) => {
         const c = await SmtpTestClient.connect(s.port(hook), { localAddress: `127.0.0.${10 + i}` });
         const got = await replyAt(c, hook).catch((err: Error) => `(${err.message.split('\n')[0]})`);
         const want = expected(hook);
@@ -106,7 +107,7 @@ test('each verdict in each SMTP hook gets the reply the docs give it, or the fai
           if (!(await c.waitClosed())) wrong.push(`${hook} ${name}: not closed after ${first.slice(0, 20)}`);
         }
         c.socket.destroy();
-      }
+      }));
     }
     // At the end of data: what was spooled, and held, is what the script accepted, and held.
     const expectedSpooled = CASES.flatMap(([name, , , at], i) => (at?.spooled ? [`127.0.0.${10 + i} ${name}${at.held ? ' held' : ''}`] : []));
