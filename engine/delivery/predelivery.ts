@@ -12,6 +12,8 @@ import type { PredeliveryContext, PredeliveryVerdict } from '../sandbox/api/inde
 import type { Logger } from '../logging/logger.ts';
 import { DeliveryFailure } from './outcome.ts';
 import type { TlsPolicy } from './outbound-tls.ts';
+import { declared } from './declared.ts';
+import type { DeliveryConfig } from '../config/schema.ts';
 
 export type PredeliveryDecision =
   | { action: 'deliver'; host?: string; port?: number; implicitTls?: boolean; tls: DecidedTls; dkim?: readonly string[] }
@@ -37,6 +39,12 @@ export async function runPredelivery(generation: PolicyGeneration, ctx: Predeliv
     const permanent = refusal.responseCode >= 500;
     return { action: permanent ? 'reject' : 'defer', reason: refusal.reason, failure: new DeliveryFailure(`${refusal.responseCode} ${refusal.message}`, { permanent, enhanced: refusal.enhanced }) };
   }
+  const undeclared = undeclaredName(generation.config.delivery, verdict);
+  if (undeclared) {
+    const file = generation.sandboxFor(undefined).scriptFile('predelivery');
+    log.error({ id: ctx.message.id, script: file, domain: ctx.destination.domain }, `${ctx.message.id}: predelivery script ${file}: ${undeclared}: delivery deferred`);
+    return { action: 'defer', reason: `script predelivery: ${undeclared}`, failure: new DeliveryFailure(undeclared, { permanent: false, enhanced: '4.7.0' }) };
+  }
   const tls: DecidedTls = {};
   if (verdict.tls?.mode) tls.mode = verdict.tls.mode;
   if (verdict.tls?.clientCertificate !== undefined) tls.clientCertificate = verdict.tls.clientCertificate;
@@ -50,4 +58,19 @@ export async function runPredelivery(generation: PolicyGeneration, ctx: Predeliv
     // The keys as a list ([]: unsigned); a copy, the verdict's own array is the script's.
     ...(verdict.dkim !== undefined ? { dkim: verdict.dkim === null ? [] : typeof verdict.dkim === 'string' ? [verdict.dkim] : [...verdict.dkim] } : {}),
   };
+}
+
+/**
+ * A client certificate or CA a deliver verdict names that the configuration does not declare, as the connection's
+ * own lookup words it (outbound-tls.ts); null when every name is declared. Checked whatever the TLS mode: the
+ * connection looks a name up only where its mode uses it (no certificate without TLS, no CA but for `verify`), so
+ * `tls: { ca: "partner-ca" }` misspelt under the default `may`, or a certificate named with `mode: "none"`, was
+ * delivered without a word, where the docs promise a temporary failure that shows the typo.
+ */
+function undeclaredName(delivery: DeliveryConfig, verdict: Extract<PredeliveryVerdict, { verdict: 'deliver' }>): string | null {
+  const cert = verdict.tls?.clientCertificate;
+  if (typeof cert === 'string' && declared(delivery.clientCertificates, cert) === undefined) return `no client certificate named "${cert}" under delivery.clientCertificates`;
+  const ca = verdict.tls?.ca;
+  if (ca !== undefined && declared(delivery.caFiles, ca) === undefined) return `no CA named "${ca}" under delivery.caFiles`;
+  return null;
 }

@@ -9,11 +9,12 @@ import type { Socket } from 'node:net';
 import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { clientText, type Logger } from '../logging/logger.ts';
-import type { Verdict } from '../sandbox/api/index.ts';
+import type { HookName, Verdict } from '../sandbox/api/index.ts';
 import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { RequestReader, answerBuffer, formatAnswer, type PolicyRequest } from './protocol.ts';
-import { FactsMemo, requestContext, sameSpellingOfAddresses } from './request-context.ts';
+import { FactsMemo, requestContext, sameSpellingOfAddresses, type RequestContext } from './request-context.ts';
+import { EARLIER_HOOKS, StageVerdicts, stageKey } from './earlier-stages.ts';
 import { fingerprintDigestMismatch } from './postfix-certificate.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 import { firstToClose, nextProgress } from '../connection-limits/closing-order.ts';
@@ -114,6 +115,7 @@ export class PolicyServer {
     socket.setTimeout(service.limits.idleTimeoutMs, idle);
     const reader = new RequestReader(service.limits);
     const memo = new FactsMemo();
+    const stages = new StageVerdicts();
     // This connection's requests in order: each answer is written as soon as it is decided, and the next
     // request starts then (a loop, not a promise chain: nothing allocated per request for the order).
     const queue: PolicyRequest[] = [];
@@ -163,7 +165,7 @@ export class PolicyServer {
       try {
         while (queue.length) {
           if (socket.destroyed) { queue.length = 0; break; } // a closed connection's read-ahead requests are not decided
-          const { action } = await this.#decide(queue[0]!, cid, memo);
+          const { action } = await this.#decide(queue[0]!, cid, memo, stages);
           queuedChars -= queue.shift()!.size;
           if (socket.destroyed) continue;
           socket.write(answerBuffer(action));
@@ -221,7 +223,7 @@ export class PolicyServer {
   }
 
   /** The answer to one request; never throws (an internal error answers the failure action). */
-  async #decide(request: PolicyRequest, cid: string, memo: FactsMemo): Promise<PolicyAction> {
+  async #decide(request: PolicyRequest, cid: string, memo: FactsMemo, stages: StageVerdicts): Promise<PolicyAction> {
     const generation = this.#runtime.generation.acquire();
     const service = this.#service(generation);
     const log = this.#runtime.logger;
@@ -240,13 +242,29 @@ export class PolicyServer {
         if (!rc) {
           result = DUNNO;
         } else {
-          const verdict = await runHook(generation, service, rc.hook, rc.ctx, cid, log, rc.key, 'postfix-policy') as Verdict | undefined;
-          result = policyAction(service, rc.hook, verdict, rc.builtin, request.attributes.recipient ?? '', state, generation.config.unknownRecipientReply);
-          if (result.reason?.startsWith('script ')) script = generation.sandboxFor(service).scriptFile(rc.hook);
+          const a = request.attributes;
+          // The connect, helo and mailfrom scripts decide first: Postfix may be asking for their restriction list.
+          let hook: HookName = rc.hook;
+          let refused: PolicyAction | null = null;
+          for (const earlier of EARLIER_HOOKS[rc.hook]) {
+            if (!generation.sandboxFor(service).has(earlier)) continue;
+            const verdict = await this.#verdictOf(generation, service, earlier, requestContext(a, service, generation, memo, earlier)!, a, cid, stages, true);
+            if (verdict === undefined || verdict.verdict === 'accept') continue;
+            hook = earlier;
+            refused = policyAction(service, earlier, verdict, null, a.recipient ?? '', state, generation.config.unknownRecipientReply);
+            break;
+          }
+          if (refused) {
+            result = refused;
+          } else {
+            const verdict = await this.#verdictOf(generation, service, rc.hook, rc, a, cid, stages, false);
+            result = policyAction(service, rc.hook, verdict, rc.builtin, a.recipient ?? '', state, generation.config.unknownRecipientReply);
+          }
+          if (result.reason?.startsWith('script ')) script = generation.sandboxFor(service).scriptFile(hook);
           if (result.error) {
             // A verdict the script may return, but Postfix cannot be told: the script's failure, named like one.
-            log.error({ service: this.name, cid, hook: rc.hook, script, err: result.error },
-              `policy script ${rc.hook} (${script}): verdict not answerable to Postfix: ${result.error}`);
+            log.error({ service: this.name, cid, hook, script, err: result.error },
+              `policy script ${hook} (${script}): verdict not answerable to Postfix: ${result.error}`);
           }
         }
       }
@@ -276,6 +294,25 @@ export class PolicyServer {
       }, 'policy answer');
     }
     return result;
+  }
+
+  /**
+   * The verdict of `hook` on this request. For connect, helo and mailfrom it is kept for the later requests of the
+   * same session (or transaction) on this connection, which take it as an earlier stage's (`earlierStage`), so
+   * each runs once whichever states Postfix asks at; asked at its own state (a HELO, then an EHLO) it runs again,
+   * as a listener runs it for each command.
+   */
+  async #verdictOf(
+    generation: PolicyGeneration, service: PolicyServiceConfig, hook: HookName, rc: RequestContext, a: Record<string, string>,
+    cid: string, stages: StageVerdicts, earlierStage: boolean,
+  ): Promise<Verdict | undefined> {
+    const kept = hook === 'connect' || hook === 'helo' || hook === 'mailfrom';
+    const key = kept ? stageKey(hook, a) : '';
+    const earlier = kept && earlierStage ? stages.get(generation, hook, key) : null;
+    if (earlier) return earlier.verdict;
+    const verdict = await runHook(generation, service, hook, rc.ctx, cid, this.#runtime.logger, rc.key, 'postfix-policy') as Verdict | undefined;
+    if (kept) stages.set(generation, hook, key, verdict);
+    return verdict;
   }
 
   /**

@@ -133,9 +133,12 @@ export class FactsMemo {
  */
 const NO_BODY_MESSAGE = Object.freeze({ token: NO_MESSAGE_BODY });
 
-export function requestContext(a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration, memo = new FactsMemo()): RequestContext | null {
+export function requestContext(
+  a: Record<string, string>, service: PolicyServiceConfig, generation: PolicyGeneration, memo = new FactsMemo(), asHook?: HookName,
+): RequestContext | null {
   const state = (a.protocol_state ?? '').toUpperCase();
-  const hook = hookOfState(state);
+  // `asHook`: an earlier stage's hook, decided on this request (earlier-stages.ts).
+  const hook = asHook ?? hookOfState(state);
   if (!hook) return null;
   const { connection, key } = memo.get(a, service, generation);
   const postfix: PostfixPolicyRequest = {
@@ -153,7 +156,12 @@ export function requestContext(a: Record<string, string>, service: PolicyService
   let builtin: BuiltinRelayDecision | null = null;
   switch (hook) {
     case 'connect': ctx = { connection, postfix }; break;
-    case 'helo': ctx = { connection, postfix, helo: { name: a.helo_name ?? '', command: state === 'HELO' ? 'HELO' : 'EHLO' } }; break;
+    case 'helo': {
+      // Asked at a later state (earlier-stages.ts), the command is the one protocol_name tells: SMTP after HELO.
+      const command = state === 'HELO' || (state !== 'EHLO' && a.protocol_name?.toUpperCase() === 'SMTP') ? 'HELO' : 'EHLO';
+      ctx = { connection, postfix, helo: { name: a.helo_name ?? '', command } };
+      break;
+    }
     case 'mailfrom':
       // Sender binding is Postfix's (smtpd_sender_login_maps): nothing to enforce here.
       ctx = { connection, postfix, transaction, address: envelopeAddress(a.sender ?? ''), builtin: { accepted: true, reason: 'not-enforced' } };

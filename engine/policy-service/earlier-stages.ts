@@ -1,0 +1,53 @@
+/**
+ * The hooks of the stages before a request's own, decided first. Postfix's protocol_state names the SMTP command
+ * being answered, not the restriction list that asked: with its default `smtpd_delay_reject = yes`, a
+ * check_policy_service in smtpd_client_restrictions, smtpd_helo_restrictions or smtpd_sender_restrictions is asked
+ * at RCPT, with protocol_state RCPT. Each request ran only the hook of its state, so a connect, helo or mailfrom
+ * script never ran behind such a Postfix (nor behind the documented setup, the service in the recipient
+ * restrictions): its reject became DUNNO, and the mail it refused was delivered. So a request is decided as a
+ * listener decides the command: the connect, helo and mailfrom scripts first, each once per SMTP session (connect,
+ * helo) or transaction (mailfrom) on this policy connection, whichever request asks first; the first refusal or
+ * failure is the answer.
+ */
+import type { HookName, Verdict } from '../sandbox/api/index.ts';
+import type { PolicyGeneration } from '../policy/generation.ts';
+import { FAIL_CLOSED } from '../policy/verdict.ts';
+
+/** The hooks decided before each state's own, in order (rcptto is not: DATA names at most one recipient). */
+export const EARLIER_HOOKS: Readonly<Record<HookName, readonly HookName[]>> = {
+  connect: [], helo: ['connect'], mailfrom: ['connect', 'helo'], rcptto: ['connect', 'helo', 'mailfrom'],
+  data: ['connect', 'helo', 'mailfrom'], auth: [], predelivery: [],
+};
+
+/** What makes a stage's decision the same one: its SMTP session (the client's address and port), HELO (name, TLS), transaction. */
+export function stageKey(hook: HookName, a: Record<string, string>): string {
+  const session = `${a.client_address ?? ''}\n${a.client_port ?? ''}\n${a.server_address ?? ''}\n${a.server_port ?? ''}`;
+  if (hook === 'connect') return session;
+  // A listener runs the helo script again at the EHLO after STARTTLS (the session starts over, RFC 3207 §4.2).
+  if (hook === 'helo') return `${session}\n${a.helo_name ?? ''}\n${a.encryption_protocol ?? ''}`;
+  return `${session}\n${a.instance ?? ''}\n${a.sender ?? ''}`;
+}
+
+/**
+ * The verdicts of the earlier stages already decided on one policy connection (Postfix's smtpd keeps one per
+ * process and serves one session at a time): the latest per hook. A failure is not kept: it is tried again.
+ */
+export class StageVerdicts {
+  #generation: PolicyGeneration | null = null;
+  readonly #kept = new Map<HookName, { key: string; verdict: Verdict | undefined }>();
+
+  get(generation: PolicyGeneration, hook: HookName, key: string): { verdict: Verdict | undefined } | null {
+    if (generation !== this.#generation) return null;
+    const kept = this.#kept.get(hook);
+    return kept && kept.key === key ? { verdict: kept.verdict } : null;
+  }
+
+  set(generation: PolicyGeneration, hook: HookName, key: string, verdict: Verdict | undefined): void {
+    if (generation !== this.#generation) {
+      this.#kept.clear();
+      this.#generation = generation;
+    }
+    if (verdict === FAIL_CLOSED) this.#kept.delete(hook);
+    else this.#kept.set(hook, { key, verdict });
+  }
+}
