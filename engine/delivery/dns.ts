@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import { DeliveryFailure } from './outcome.ts';
 import { budgetResolver, withinBudget } from '../dns/within-budget.ts';
 import { AnswerCache } from '../dns/answer-cache.ts';
+import { envKnob } from '../config/env-knob.ts';
 
 export interface MxRecord { exchange: string; priority: number }
 
@@ -49,8 +50,16 @@ export const MAX_RECORDS = 20;
 const NOT_FOUND = new Set(['ENOTFOUND', 'NXDOMAIN']);
 const NO_DATA = new Set(['ENODATA', 'NODATA']);
 
+/** The longest one try of a delivery lookup waits (a lookup: two tries' time, within-budget.ts). */
+export const DEFAULT_DNS_TRY_MS = 5000;
+/**
+ * DEFAULT_DNS_TRY_MS, or POSTERN_DNS_TRY_MS: a test of a DNS server that never answers shortens the 10 s it waits out.
+ * Read at each resolver made (the queue runner makes one per delivery configuration), so a test sets it before its server.
+ */
+export const dnsTryMs = (): number => envKnob('POSTERN_DNS_TRY_MS', DEFAULT_DNS_TRY_MS);
+
 export function createResolver(opts: ResolverOptions): DeliveryResolver {
-  const tryMs = opts.timeoutMs ?? 5000;
+  const tryMs = opts.timeoutMs ?? dnsTryMs();
   const resolver = budgetResolver(tryMs, opts.servers);
   const ask = <T>(query: () => Promise<T>): Promise<T> => withinBudget(2 * tryMs, query, tryMs);
   // Names looked up once (a bounce to each of a spammer's made-up sender domains) push out only each other.
