@@ -8,7 +8,7 @@
 import type { SMTPEnvelope } from 'nodemailer/lib/smtp-connection';
 import type { DeliveryConfig } from '../config/schema.ts';
 import type { Logger } from '../logging/logger.ts';
-import { poolKey, serverOf, type ConnectionInfo, type ConnectionPool, type PooledConnection } from './connection-pool.ts';
+import { EARLY_REPLY, poolKey, serverOf, type ConnectionInfo, type ConnectionPool, type PooledConnection } from './connection-pool.ts';
 import type { DeliveryResolver } from './dns.ts';
 import type { KeyedLimiter, Limiter } from './limiter.ts';
 import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbound-tls.ts';
@@ -428,6 +428,11 @@ async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transacti
     if (!e.responseCode && !sawRecipients && pc.messages > 1) {
       env.pool.release(pc, false);
       return 'retry';
+    }
+    if (e.code === EARLY_REPLY) {
+      // A 2yz before our final dot: no verdict. The next hop may keep what it read of the message, so it is deferred.
+      env.pool.release(pc, false);
+      return mayHaveIt(pc, tx, `${remote}: replied ${oneLine(e.response ?? '')} before the end of the message was sent (replies out of step)`);
     }
     if (pc.endOfDataSent && !(e.responseCode && e.response && isVerdict(e.response))) {
       // The whole message went out and no verdict came (reset, timeout, a reply that is no 2yz/4yz/5yz
