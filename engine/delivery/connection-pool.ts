@@ -36,6 +36,8 @@ export interface ConnectOptions {
   heloName: string;
   connectTimeoutMs: number;
   commandTimeoutMs: number;
+  /** For the reply to the message's final dot (delivery.endOfDataTimeoutMs); commandTimeoutMs without it. */
+  endOfDataTimeoutMs?: number;
 }
 
 /** Facts about an established connection, for logs. */
@@ -292,7 +294,7 @@ export class ConnectionPool {
   async open(endpoint: Endpoint, opts: ConnectOptions): Promise<PooledConnection> {
     if (this.#closed) throw Object.assign(new Error('delivery is shutting down'), { code: 'ECONNECTION', command: 'API' });
     const s = endpoint.security;
-    const deadline = new ReplyDeadline(opts.commandTimeoutMs);
+    const deadline = new ReplyDeadline(opts.commandTimeoutMs, opts.endOfDataTimeoutMs);
     const conn = new SMTPConnection({
       host: endpoint.address,
       port: endpoint.port,

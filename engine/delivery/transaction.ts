@@ -8,7 +8,7 @@
 import type { SMTPEnvelope } from 'nodemailer/lib/smtp-connection';
 import type { DeliveryConfig } from '../config/schema.ts';
 import type { Logger } from '../logging/logger.ts';
-import { EARLY_REPLY, poolKey, serverOf, type ConnectionInfo, type ConnectionPool, type PooledConnection } from './connection-pool.ts';
+import { EARLY_REPLY, poolKey, serverOf, type ConnectOptions, type ConnectionInfo, type ConnectionPool, type PooledConnection } from './connection-pool.ts';
 import type { DeliveryResolver } from './dns.ts';
 import type { KeyedLimiter, Limiter } from './limiter.ts';
 import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbound-tls.ts';
@@ -351,8 +351,9 @@ function refusedGreeting(e: NodemailerError, security: ConnectionSecurity): bool
   return e.command === 'CONN' && !!e.responseCode && e.responseCode >= 400 && !security.secure;
 }
 
-function connectOptions(env: TransactionEnv): { heloName: string; connectTimeoutMs: number; commandTimeoutMs: number } {
-  return { heloName: env.heloName, connectTimeoutMs: env.delivery.connectTimeoutMs, commandTimeoutMs: env.delivery.commandTimeoutMs };
+function connectOptions(env: TransactionEnv): ConnectOptions {
+  const d = env.delivery;
+  return { heloName: env.heloName, connectTimeoutMs: d.connectTimeoutMs, commandTimeoutMs: d.commandTimeoutMs, endOfDataTimeoutMs: d.endOfDataTimeoutMs };
 }
 
 function plaintext(s: ConnectionSecurity): ConnectionSecurity {
