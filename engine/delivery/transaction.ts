@@ -221,15 +221,20 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
       const meanwhile = env.suspensions.failure(destination);
       if (meanwhile) { last = DestinationSuspensions.deferral(destination, meanwhile); continue; }
       const idle = env.pool.takeIdle(poolKey(hop.host, hop.port, security));
+      // An address whose session just failed the transaction before the message: it would say the same again.
+      let answered: string | null = null;
       if (idle) {
         const r = await sendOn(env, idle, tx);
         if (r !== 'retry') {
           const rest = nextHopMayTry(r);
           if (!rest.length) return result(r, hop);
           tx = goOn(tx, r, rest, earlier);
+          otherFailure = true; // it answered: reachable, whatever its other addresses do
+          answered = idle.server;
         }
       }
       for (const address of addresses) {
+        if (answered === serverOf(address, hop.port)) continue;
         if (tries++ >= MAX_CONNECT_TRIES) break;
         env.pool.makeRoom(destination, env.delivery.perDestinationConcurrency);
         const endpoint = { host: hop.host, address, port: hop.port, security };
@@ -277,6 +282,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
         const rest = nextHopMayTry(r);
         if (!rest.length) return result(r, hop);
         tx = goOn(tx, r, rest, earlier);
+        otherFailure = true; // it answered: reachable, whatever its other addresses do
         env.log.info({ id: tx.id, to: rest, remote, reply: r.outcomes.find((o) => rest.includes(o.recipient))?.reply },
           `${remote} failed the transaction before the message: ${rest.length} recipient(s) go on to the next address or MX host`);
       }

@@ -76,3 +76,31 @@ test('a first MX that fails before it has the message: the backup MX gets it in 
     await backup.close();
   }
 });
+
+test('a host that greylists at one address while its other address is down is not suspended: the deferral gives its reply', async () => {
+  let greylisted = 0;
+  const peer = await startScriptedPeer({ mail: (s) => { greylisted++; s.write('451 4.7.1 greylisted, try again later\r\n'); return 'answered'; } }, '127.0.0.20');
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: peer.port }, tls: { mode: 'none' }, retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    // Nothing listens on the second address: refused.
+    resolver: fakeResolver({ 'half.test': [{ exchange: 'mx.half.test', priority: 10 }] }, { 'mx.half.test': ['127.0.0.20', '127.0.0.21'] }),
+  });
+  try {
+    const first = await s.send('a@origin.test', ['b@half.test']);
+    const e = await s.nextAttempt((x) => x.id === first, { past: true, timeoutMs: 60_000 });
+    assert.equal(e.outcomes[0]!.status, 'temporary');
+    assert.match(e.outcomes[0]!.reply, /451 4\.7\.1 greylisted/, 'the reply of the host that answered, not the refused connect');
+    const second = await s.send('a@origin.test', ['c@half.test']);
+    const e2 = await s.nextAttempt((x) => x.id === second, { past: true, timeoutMs: 60_000 });
+    assert.doesNotMatch(e2.outcomes[0]!.reply, /suspended/);
+    assert.equal(greylisted, 2, 'the host was tried again for the next message');
+    assert.ok(!s.logs.some((l) => /delivery temporarily suspended/.test(String(l.msg))));
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});
