@@ -24,6 +24,12 @@ import { declareUtf8OnMailFrom } from './mail-from-utf8.ts';
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
 /**
+ * Sessions per transaction (Postfix smtp_mx_session_limit): a next hop that failed it before the message leaves its
+ * recipients to one more next hop at most, so that hosts that each let a reply time out (commandTimeoutMs) hold the
+ * delivery slot twice that at most.
+ */
+const MAX_SESSIONS = 2;
+/**
  * Next-hop names looked up per transaction. A domain's DNS chooses its MX set: thousands of names that do not
  * resolve (or whose lookups time out) made one transaction look up every one of them in turn, holding its
  * delivery slot for hours; the connection limit above counted only addresses actually tried.
@@ -181,6 +187,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
   const earlier = new Map<string, RecipientOutcome>();
   const result = (r: Round, hop?: NextHop): Round => withEarlier(all, earlier, hop ? { ...r, hop } : r);
   let last: DeliveryFailure | null = null;
+  let sessions = 0;
   let tries = 0;
   let lookups = 0;
   for (const [index, hop] of plan.hops.entries()) {
@@ -226,7 +233,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
       if (idle) {
         const r = await sendOn(env, idle, tx);
         if (r !== 'retry') {
-          const rest = nextHopMayTry(r);
+          const rest = ++sessions < MAX_SESSIONS ? nextHopMayTry(r) : [];
           if (!rest.length) return result(r, hop);
           tx = goOn(tx, r, rest, earlier);
           otherFailure = true; // it answered: reachable, whatever its other addresses do
@@ -279,7 +286,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
         }
         const r = await sendOn(env, pc, tx);
         if (r === 'retry') { last = new DeliveryFailure(`${remote}: connection lost before MAIL FROM`, { permanent: false, enhanced: '4.4.2', remoteMta: remote }); continue; }
-        const rest = nextHopMayTry(r);
+        const rest = ++sessions < MAX_SESSIONS ? nextHopMayTry(r) : [];
         if (!rest.length) return result(r, hop);
         tx = goOn(tx, r, rest, earlier);
         otherFailure = true; // it answered: reachable, whatever its other addresses do

@@ -104,3 +104,32 @@ test('a host that greylists at one address while its other address is down is no
     peer.close();
   }
 });
+
+test('at most two sessions per transaction (Postfix smtp_mx_session_limit): a third MX is left for the retry', async () => {
+  const third = await startSink();
+  let sessions = 0;
+  const greylist: PeerHooks = { mail: (s) => { sessions++; s.write('451 4.7.1 greylisted\r\n'); return 'answered'; } };
+  const peers = [await startScriptedPeer(greylist, '127.0.0.30', third.port), await startScriptedPeer(greylist, '127.0.0.31', third.port)];
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: third.port }, tls: { mode: 'none' }, retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({ 'three.test': [{ exchange: 'a.three.test', priority: 10 }, { exchange: 'b.three.test', priority: 20 }, { exchange: 'c.three.test', priority: 30 }] },
+      { 'a.three.test': ['127.0.0.30'], 'b.three.test': ['127.0.0.31'], 'c.three.test': ['127.0.0.1'] }),
+  });
+  try {
+    const id = await s.send('a@origin.test', ['b@three.test']);
+    const e = await s.nextAttempt((x) => x.id === id, { past: true, timeoutMs: 60_000 });
+    assert.equal(e.outcomes[0]!.status, 'temporary');
+    assert.match(e.outcomes[0]!.reply, /^451 4\.7\.1 greylisted/);
+    assert.match(e.outcomes[0]!.remoteMta ?? '', /^b\.three\.test\[/, 'the second session\'s reply');
+    assert.equal(sessions, 2);
+    assert.equal(third.connections, 0, 'the third MX was not tried');
+  } finally {
+    await s.stop();
+    for (const p of peers) p.close();
+    await third.close();
+  }
+});
