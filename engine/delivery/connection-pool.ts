@@ -109,7 +109,8 @@ export class PooledConnection {
     let bodyGoingOut = false;
     const onData = internals._onData.bind(conn);
     internals._onData = (chunk) => {
-      if (bodyGoingOut && chunk.includes(0x0a)) this.#replyBeforeEnd = true;
+      // A line with something on it (nodemailer skips blank lines between replies).
+      if (bodyGoingOut && chunk.includes(0x0a) && /\S/.test(chunk.toString('latin1'))) this.#replyBeforeEnd = true;
       onData(chunk);
     };
     const actionStream = internals._actionSMTPStream.bind(conn);
@@ -121,7 +122,7 @@ export class PooledConnection {
     internals._createSendStream = (cb) => {
       const stream = createSendStream(cb);
       // Lines read after the 354 and not processed yet came before any of the message.
-      this.#replyBeforeEnd = (internals._responseQueue?.length ?? 0) > 0;
+      this.#replyBeforeEnd = (internals._responseQueue ?? []).some((line) => /\S/.test(String(line)));
       bodyGoingOut = true;
       deadline?.bodyStarted(internals._envelope?.size ?? 0);
       stream.once('end', () => { this.endOfDataSent = true; bodyGoingOut = false; deadline?.bodyEnded(); });

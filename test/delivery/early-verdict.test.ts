@@ -44,3 +44,34 @@ test('a 250 before the final dot is no verdict on the message: deferred, not rec
     peer.close();
   }
 });
+
+test('a blank line after the 354 is no reply: the verdict after the final dot counts, delivered', async () => {
+  const blank = await startScriptedPeer({
+    data: (s) => {
+      s.write('354 go on\r\n\r\n');
+      let buf = '';
+      s.removeAllListeners('data');
+      s.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        if (buf.includes('\r\n.\r\n')) { buf = ''; s.write('250 2.0.0 queued\r\n'); }
+      });
+      return 'stop';
+    },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: blank.port }, tls: { mode: 'none' }, retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({ 'dest.test': [{ exchange: 'mx.dest.test', priority: 10 }] }, { 'mx.dest.test': ['127.0.0.1'] }),
+  });
+  try {
+    const id = await s.send('a@origin.test', ['b@dest.test']);
+    const e = await s.nextAttempt((x) => x.id === id, { past: true, timeoutMs: 60_000 });
+    assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
+  } finally {
+    await s.stop();
+    blank.close();
+  }
+});
