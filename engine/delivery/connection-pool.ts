@@ -27,6 +27,21 @@ export interface Endpoint {
   security: ConnectionSecurity;
 }
 
+/**
+ * nodemailer answers any EHLO refusal but 421 with HELO. HELO stands in for an EHLO the next hop does not know (RFC 5321
+ * §4.1.4: 500, 502, 5xx), not for a temporary failure: a 4xx let the session go on with HELO, without extensions, so
+ * an 8-bit message bounced for good (no 8BITMIME) over a refusal the next hop had said was temporary, and in `may`
+ * mode STARTTLS was skipped. A 4xx to EHLO fails the session (ECONNECTION, its reply), as a 4xx greeting does.
+ */
+function ehloTemporaryFailureIsFinal(conn: SMTPConnection): void {
+  const internals = conn as unknown as { _actionEHLO(str: string): void; _onError(err: Error, code: string, response: string, command: string): void };
+  const actionEhlo = internals._actionEHLO.bind(conn);
+  internals._actionEHLO = (str) => {
+    if (!/^4/.test(str)) return actionEhlo(str);
+    internals._onError(new Error('EHLO refused temporarily. response=' + str), 'ECONNECTION', str, 'EHLO');
+  };
+}
+
 /** Connections with equal keys are interchangeable: same destination, TLS settings and key material. */
 export function poolKey(host: string, port: number, security: ConnectionSecurity): string {
   return `${host}:${port}|${security.key}`;
@@ -314,6 +329,7 @@ export class ConnectionPool {
       transactionLog: true,
     });
     deadline.attach(conn);
+    ehloTemporaryFailureIsFinal(conn);
     // On implicit TLS, once the next hop took part in the handshake (completed it, or answered it with an alert), a
     // failure is TLS's or the next hop's verdict on our certificate (a close right after the handshake), as after
     // STARTTLS: not an unreachable host. A host that accepts the connection and says nothing stays unreachable.
