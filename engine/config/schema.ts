@@ -325,7 +325,9 @@ const deliverySchema = z.strictObject({
   connectTimeoutMs: timerMs().default(30_000)
     .describe('Time limit for the connection, the greeting and the TLS handshake.'),
   commandTimeoutMs: timerMs().default(300_000)
-    .describe('Time limit for each reply of the next hop, from when it is awaited, however its bytes trickle in; the message itself must go out at 1 byte/ms at least beyond it.'),
+    .describe('Time limit for each reply of the next hop, from when it is awaited, however its bytes trickle in; the message itself must go out at 1 byte/ms at least beyond it. The reply to the end of the message has `endOfDataTimeoutMs`.'),
+  endOfDataTimeoutMs: timerMs().default(600_000)
+    .describe('Time limit for the reply to the end of the message (its final dot), instead of `commandTimeoutMs`: RFC 5321 §4.5.3.2.6 asks for 10 minutes, as Postfix `smtp_data_done_timeout`, since a next hop may scan the message before it answers. A next hop still silent then may have the message: it is deferred, and may arrive twice.'),
   lineLengthLimit: z.number().int().min(0).refine((n) => n === 0 || n >= 78, 'expected 0 (lines sent as they are) or at least 78')
     .meta({ unit: 'bytes' }).default(998)
     .describe('Longest line sent to a next hop, its CRLF not counted (RFC 5321: 1000 octets with it), as Postfix `smtp_line_length_limit`. A longer line of the message (a client may send any length) is broken by a line end and a space: before a space or tab of the line when there is one, never inside a UTF-8 character, so that in a header the rest is a folded line of the same field. A DKIM signature Postern adds covers the message as sent; one the message came with no longer verifies (as with Postfix). `0`: lines are sent as they are, which next hops that hold to the limit refuse (the message then bounces). See [long lines](#long-lines).'),

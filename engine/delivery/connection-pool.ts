@@ -27,6 +27,21 @@ export interface Endpoint {
   security: ConnectionSecurity;
 }
 
+/**
+ * nodemailer answers any EHLO refusal but 421 with HELO. HELO stands in for an EHLO the next hop does not know (RFC 5321
+ * §4.1.4: 500, 502, 5xx), not for a temporary failure: a 4xx let the session go on with HELO, without extensions, so
+ * an 8-bit message bounced for good (no 8BITMIME) over a refusal the next hop had said was temporary, and in `may`
+ * mode STARTTLS was skipped. A 4xx to EHLO fails the session (ECONNECTION, its reply), as a 4xx greeting does.
+ */
+function ehloTemporaryFailureIsFinal(conn: SMTPConnection): void {
+  const internals = conn as unknown as { _actionEHLO(str: string): void; _onError(err: Error, code: string, response: string, command: string): void };
+  const actionEhlo = internals._actionEHLO.bind(conn);
+  internals._actionEHLO = (str) => {
+    if (!/^4/.test(str)) return actionEhlo(str);
+    internals._onError(new Error('EHLO refused temporarily. response=' + str), 'ECONNECTION', str, 'EHLO');
+  };
+}
+
 /** Connections with equal keys are interchangeable: same destination, TLS settings and key material. */
 export function poolKey(host: string, port: number, security: ConnectionSecurity): string {
   return `${host}:${port}|${security.key}`;
@@ -36,6 +51,8 @@ export interface ConnectOptions {
   heloName: string;
   connectTimeoutMs: number;
   commandTimeoutMs: number;
+  /** For the reply to the message's final dot (delivery.endOfDataTimeoutMs); commandTimeoutMs without it. */
+  endOfDataTimeoutMs?: number;
 }
 
 /** Facts about an established connection, for logs. */
@@ -52,6 +69,9 @@ export function serverOf(address: string, port: number): string {
   return `${address}|${port}`;
 }
 
+/** The error code of a 2yz reply to the message that came before its final dot was sent (PooledConnection). */
+export const EARLY_REPLY = 'EEARLYREPLY';
+
 export class PooledConnection {
   readonly conn: SMTPConnection;
   readonly key: string;
@@ -64,6 +84,8 @@ export class PooledConnection {
   endOfDataSent = false;
   /** A transaction (send()) is under way. */
   #sending = false;
+  /** A reply line came after the 354 and before the message's final dot was handed to the socket. */
+  #replyBeforeEnd = false;
   #alive = true;
   idleTimer: NodeJS.Timeout | null = null;
   /** A stop's limit on the wait for a verdict (closeAfterVerdict). */
@@ -80,6 +102,8 @@ export class PooledConnection {
     const internals = conn as unknown as {
       _createSendStream(cb: unknown): NodeJS.ReadableStream; _envelope?: { size?: number };
       _actionDATA(str: string, cb: (err: Error | null) => void): void; _formatError(message: string, code: string, response: string, command: string): Error;
+      _actionSMTPStream(str: string, cb: (err: Error | null, info?: unknown) => void): void;
+      _onData(chunk: Buffer): void; _responseQueue?: unknown[];
     };
     // nodemailer sends the message after a 2yz reply to DATA as well as after 354. A 2yz is no go-ahead (RFC 5321
     // §4.3.2): the next hop is not taking a message, and would read its lines as commands (a RCPT TO in the body
@@ -90,11 +114,33 @@ export class PooledConnection {
       if (!/^2/.test(str)) return actionData(str, cb);
       cb(internals._formatError('No go-ahead (354) in reply to DATA command', 'EPROTOCOL', str, 'DATA'));
     };
+    // nodemailer takes the first reply after the 354 as the verdict on the message, even one the next hop sent before
+    // the message's final dot was handed to the socket (read with the 354, or while the message was going out, and
+    // processed only later). A 2yz then is no acceptance (RFC 5321 §4.1.1.4: the message is the next hop's only once
+    // its final dot arrives): a stray reply, out of step, recorded the message delivered and took it off the queue
+    // though the next hop had not seen its end. Such a reply fails the transaction (EEARLYREPLY), and the connection
+    // is not used again; a refusal (4yz, 5yz) sent before the end, as by a next hop that will not read a message too
+    // large, is still its verdict.
+    let bodyGoingOut = false;
+    const onData = internals._onData.bind(conn);
+    internals._onData = (chunk) => {
+      // A line with something on it (nodemailer skips blank lines between replies).
+      if (bodyGoingOut && chunk.includes(0x0a) && /\S/.test(chunk.toString('latin1'))) this.#replyBeforeEnd = true;
+      onData(chunk);
+    };
+    const actionStream = internals._actionSMTPStream.bind(conn);
+    internals._actionSMTPStream = (str, cb) => {
+      if (!this.#replyBeforeEnd || !/^2/.test(str)) return actionStream(str, cb);
+      cb(internals._formatError('Reply to the message before its end was sent', EARLY_REPLY, str, 'DATA'));
+    };
     const createSendStream = internals._createSendStream.bind(conn);
     internals._createSendStream = (cb) => {
       const stream = createSendStream(cb);
+      // Lines read after the 354 and not processed yet came before any of the message.
+      this.#replyBeforeEnd = (internals._responseQueue ?? []).some((line) => /\S/.test(String(line)));
+      bodyGoingOut = true;
       deadline?.bodyStarted(internals._envelope?.size ?? 0);
-      stream.once('end', () => { this.endOfDataSent = true; deadline?.bodyEnded(); });
+      stream.once('end', () => { this.endOfDataSent = true; bodyGoingOut = false; deadline?.bodyEnded(); });
       return stream;
     };
     conn.on('error', (err: Error) => this.#gone(err));
@@ -264,7 +310,7 @@ export class ConnectionPool {
   async open(endpoint: Endpoint, opts: ConnectOptions): Promise<PooledConnection> {
     if (this.#closed) throw Object.assign(new Error('delivery is shutting down'), { code: 'ECONNECTION', command: 'API' });
     const s = endpoint.security;
-    const deadline = new ReplyDeadline(opts.commandTimeoutMs);
+    const deadline = new ReplyDeadline(opts.commandTimeoutMs, opts.endOfDataTimeoutMs);
     const conn = new SMTPConnection({
       host: endpoint.address,
       port: endpoint.port,
@@ -283,6 +329,7 @@ export class ConnectionPool {
       transactionLog: true,
     });
     deadline.attach(conn);
+    ehloTemporaryFailureIsFinal(conn);
     // On implicit TLS, once the next hop took part in the handshake (completed it, or answered it with an alert), a
     // failure is TLS's or the next hop's verdict on our certificate (a close right after the handshake), as after
     // STARTTLS: not an unreachable host. A host that accepts the connection and says nothing stays unreachable.

@@ -39,6 +39,13 @@ type LogFn = (meta?: unknown, ...rest: unknown[]) => void;
 
 export class ReplyDeadline {
   readonly #replyMs: number;
+  /**
+   * For the reply to the final dot (RFC 5321 §4.5.3.2.6: 10 minutes): the next hop may scan the message before it
+   * answers, and giving up sooner leaves it the message while the retry sends it again.
+   */
+  readonly #verdictMs: number;
+  /** The final dot is out and its reply not read: nodemailer's idle timeout (commandTimeoutMs) does not apply. */
+  #awaitingVerdict = false;
   #conn: (SMTPConnection & Internals) | null = null;
   /** nodemailer's own _onTimeout (the connection's is replaced by one that looks after the reads: attach). */
   #fail: () => void = () => undefined;
@@ -49,8 +56,9 @@ export class ReplyDeadline {
   /** nodemailer's `logger` option (with `transactionLog: true`). */
   readonly logger: Record<'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal', LogFn>;
 
-  constructor(replyMs: number) {
+  constructor(replyMs: number, verdictMs = replyMs) {
     this.#replyMs = replyMs;
+    this.#verdictMs = verdictMs;
     const nothing: LogFn = () => undefined;
     this.logger = {
       trace: nothing, info: nothing, warn: nothing, error: nothing, fatal: nothing,
@@ -72,7 +80,7 @@ export class ReplyDeadline {
     let chunks = 0;
     const onData = c._onData.bind(c);
     c._onData = (chunk) => { chunks++; onData(chunk); };
-    c._onTimeout = () => idleAfterReads(() => chunks, () => this.#fail(), () => undefined);
+    c._onTimeout = () => idleAfterReads(() => chunks, () => { if (!this.#awaitingVerdict) this.#fail(); }, () => undefined);
     // The connect, greeting and STARTTLS phases too: a phase the poll phase ended (the greeting read) is cleared
     // before the look at its limit.
     let cancelPhase = (): void => undefined;
@@ -95,7 +103,8 @@ export class ReplyDeadline {
   /** The whole message, to its final dot, went to the socket: its reply is awaited. */
   bodyEnded(): void {
     this.#inBody = false;
-    this.#arm(this.#replyMs);
+    this.#awaitingVerdict = true;
+    this.#arm(this.#verdictMs);
   }
 
   #commandSent(): void {
@@ -105,6 +114,7 @@ export class ReplyDeadline {
   /** A reply is complete (logged before its action runs, which may send the next command). */
   #replyRead(): void {
     if (this.#inBody) return;
+    this.#awaitingVerdict = false;
     if ((this.#conn?._responseActions.length ?? 0) > 1) this.#arm(this.#replyMs); // pipelined: the next reply's turn
     else this.#disarm();
   }

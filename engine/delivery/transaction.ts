@@ -8,7 +8,7 @@
 import type { SMTPEnvelope } from 'nodemailer/lib/smtp-connection';
 import type { DeliveryConfig } from '../config/schema.ts';
 import type { Logger } from '../logging/logger.ts';
-import { poolKey, serverOf, type ConnectionInfo, type ConnectionPool, type PooledConnection } from './connection-pool.ts';
+import { EARLY_REPLY, poolKey, serverOf, type ConnectOptions, type ConnectionInfo, type ConnectionPool, type PooledConnection } from './connection-pool.ts';
 import type { DeliveryResolver } from './dns.ts';
 import type { KeyedLimiter, Limiter } from './limiter.ts';
 import type { ConnectionSecurity, OutboundTlsMaterial, TlsPolicy } from './outbound-tls.ts';
@@ -23,6 +23,12 @@ import { declareUtf8OnMailFrom } from './mail-from-utf8.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
 const MAX_CONNECT_TRIES = 5;
+/**
+ * Sessions per transaction (Postfix smtp_mx_session_limit): a next hop that failed it before the message leaves its
+ * recipients to one more next hop at most, so that hosts that each let a reply time out (commandTimeoutMs) hold the
+ * delivery slot twice that at most.
+ */
+const MAX_SESSIONS = 2;
 /**
  * Next-hop names looked up per transaction. A domain's DNS chooses its MX set: thousands of names that do not
  * resolve (or whose lookups time out) made one transaction look up every one of them in turn, holding its
@@ -101,6 +107,8 @@ interface Round {
   delivered: boolean;
   /** The next hop that carried it, tried first for a following transaction. */
   hop?: NextHop;
+  /** The transaction failed before the message's final dot went out: the next hop has no copy of it. */
+  beforeMessage?: boolean;
 }
 
 interface NodemailerError extends Error {
@@ -172,8 +180,14 @@ export async function deliverTransaction(env: TransactionEnv, plan: DeliveryPlan
 }
 
 /** One transaction: a pooled connection or a new one (next address, next host on connection failures). */
-async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Transaction): Promise<Round> {
+async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Transaction): Promise<Round> {
+  let tx = all;
+  // Outcomes from next hops that failed the transaction before the message (nextHopMayTry): the ones they failed
+  // temporarily are tried at the next address or MX host; the last word on each recipient is kept for the result.
+  const earlier = new Map<string, RecipientOutcome>();
+  const result = (r: Round, hop?: NextHop): Round => withEarlier(all, earlier, hop ? { ...r, hop } : r);
   let last: DeliveryFailure | null = null;
+  let sessions = 0;
   let tries = 0;
   let lookups = 0;
   for (const [index, hop] of plan.hops.entries()) {
@@ -194,16 +208,16 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
       // Ourselves: this hop and the ones after it (no better than we are) would only send it back here. As the
       // best one it is a loop (bounced, as Postfix does); behind better ones we are their backup: it waits for them.
       if (index > 0) break;
-      return everyone(tx, new DeliveryFailure(`mail for ${recipientDomain(tx.to[0] ?? '')} loops back to myself (${hop.host}[${addresses.find((a) => env.own!(a, hop.port))}]:${hop.port})`, { permanent: true, enhanced: '5.4.6' }));
+      return result(everyone(tx, new DeliveryFailure(`mail for ${recipientDomain(tx.to[0] ?? '')} loops back to myself (${hop.host}[${addresses.find((a) => env.own!(a, hop.port))}]:${hop.port})`, { permanent: true, enhanced: '5.4.6' })));
     }
     try {
       security = await env.material.security(env.delivery, env.scope, plan.tls, hop.host, hop.implicitTls);
     } catch (err) {
-      return everyone(tx, asFailure(err)); // a configuration problem: no other host would fare better
+      return result(everyone(tx, asFailure(err))); // a configuration problem: no other host would fare better
     }
     // A backlog already waits for this destination (a slow one): waiting behind it would hold the queue
     // runner's slot, which other destinations' mail needs (the runner sets this message aside instead).
-    if (env.perDestination.backlogged(destination)) return busy(tx, destination);
+    if (env.perDestination.backlogged(destination)) return result(busy(tx, destination));
     const releaseDestination = await env.perDestination.acquire(destination);
     const releaseOverall = await env.overall.acquire(tx.id); // taking turns with the other messages waiting (limiter.ts)
     // Every connection to this destination failed before it was in session, none over TLS: it is unreachable.
@@ -214,11 +228,20 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
       const meanwhile = env.suspensions.failure(destination);
       if (meanwhile) { last = DestinationSuspensions.deferral(destination, meanwhile); continue; }
       const idle = env.pool.takeIdle(poolKey(hop.host, hop.port, security));
+      // An address whose session just failed the transaction before the message: it would say the same again.
+      let answered: string | null = null;
       if (idle) {
         const r = await sendOn(env, idle, tx);
-        if (r !== 'retry') return { ...r, hop };
+        if (r !== 'retry') {
+          const rest = ++sessions < MAX_SESSIONS ? nextHopMayTry(r) : [];
+          if (!rest.length) return result(r, hop);
+          tx = goOn(tx, r, rest, earlier);
+          otherFailure = true; // it answered: reachable, whatever its other addresses do
+          answered = idle.server;
+        }
       }
       for (const address of addresses) {
+        if (answered === serverOf(address, hop.port)) continue;
         if (tries++ >= MAX_CONNECT_TRIES) break;
         env.pool.makeRoom(destination, env.delivery.perDestinationConcurrency);
         const endpoint = { host: hop.host, address, port: hop.port, security };
@@ -263,7 +286,12 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
         }
         const r = await sendOn(env, pc, tx);
         if (r === 'retry') { last = new DeliveryFailure(`${remote}: connection lost before MAIL FROM`, { permanent: false, enhanced: '4.4.2', remoteMta: remote }); continue; }
-        return { ...r, hop };
+        const rest = ++sessions < MAX_SESSIONS ? nextHopMayTry(r) : [];
+        if (!rest.length) return result(r, hop);
+        tx = goOn(tx, r, rest, earlier);
+        otherFailure = true; // it answered: reachable, whatever its other addresses do
+        env.log.info({ id: tx.id, to: rest, remote, reply: r.outcomes.find((o) => rest.includes(o.recipient))?.reply },
+          `${remote} failed the transaction before the message: ${rest.length} recipient(s) go on to the next address or MX host`);
       }
       if (unreachable && !otherFailure) suspend(env, destination, unreachable);
     } finally {
@@ -271,7 +299,34 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, tx: Tran
       releaseDestination();
     }
   }
-  return everyone(tx, last ?? new DeliveryFailure('no next hop could be reached', { permanent: false, enhanced: '4.4.1' }));
+  // What a next hop said to a recipient it failed before the message tells more than a later host's failure to connect.
+  const fallback = everyone(tx, last ?? new DeliveryFailure('no next hop could be reached', { permanent: false, enhanced: '4.4.1' }));
+  return withEarlier(all, earlier, { ...fallback, outcomes: fallback.outcomes.map((o) => earlier.get(o.recipient) ?? o) });
+}
+
+/**
+ * The recipients `r` failed temporarily before the message went out (a 4xx or 421 to MAIL FROM, RCPT TO or DATA,
+ * the connection lost before the final dot), when nothing of it was delivered: the next address or MX host may take
+ * them in the same attempt (RFC 5321 §5.1; Postfix keeps such recipients for the next MX host). None after the
+ * final dot (a verdict on the message, or no verdict: that next hop may have it), and none refused as too many
+ * for one transaction (a limit of that transaction, followed up by deliverTransaction).
+ */
+function nextHopMayTry(r: Round): string[] {
+  if (!r.beforeMessage || r.delivered || r.tooMany.length) return [];
+  return r.outcomes.filter((o) => o.status === 'temporary' && !o.destinationBusy && !o.ownShortage).map((o) => o.recipient);
+}
+
+/** Keep `r`'s outcomes in `earlier` and go on with the recipients `rest` only. */
+function goOn(tx: Transaction, r: Round, rest: string[], earlier: Map<string, RecipientOutcome>): Transaction {
+  for (const o of r.outcomes) earlier.set(o.recipient, o);
+  return { ...tx, to: tx.to.filter((t) => rest.includes(t)) };
+}
+
+/** `r`, a round for some of `all`'s recipients, with the outcomes `earlier` next hops gave the others, in `all`'s order. */
+function withEarlier(all: Transaction, earlier: Map<string, RecipientOutcome>, r: Round): Round {
+  if (!earlier.size) return r;
+  const now = new Map(r.outcomes.map((o) => [o.recipient, o]));
+  return { ...r, outcomes: all.to.map((t) => now.get(t) ?? earlier.get(t)!) };
 }
 
 /**
@@ -309,8 +364,9 @@ function refusedGreeting(e: NodemailerError, security: ConnectionSecurity): bool
   return e.command === 'CONN' && !!e.responseCode && e.responseCode >= 400 && !security.secure;
 }
 
-function connectOptions(env: TransactionEnv): { heloName: string; connectTimeoutMs: number; commandTimeoutMs: number } {
-  return { heloName: env.heloName, connectTimeoutMs: env.delivery.connectTimeoutMs, commandTimeoutMs: env.delivery.commandTimeoutMs };
+function connectOptions(env: TransactionEnv): ConnectOptions {
+  const d = env.delivery;
+  return { heloName: env.heloName, connectTimeoutMs: d.connectTimeoutMs, commandTimeoutMs: d.commandTimeoutMs, endOfDataTimeoutMs: d.endOfDataTimeoutMs };
 }
 
 function plaintext(s: ConnectionSecurity): ConnectionSecurity {
@@ -387,6 +443,11 @@ async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transacti
       env.pool.release(pc, false);
       return 'retry';
     }
+    if (e.code === EARLY_REPLY) {
+      // A 2yz before our final dot: no verdict. The next hop may keep what it read of the message, so it is deferred.
+      env.pool.release(pc, false);
+      return mayHaveIt(pc, tx, `${remote}: replied ${oneLine(e.response ?? '')} before the end of the message was sent (replies out of step)`);
+    }
     if (pc.endOfDataSent && !(e.responseCode && e.response && isVerdict(e.response))) {
       // The whole message went out and no verdict came (reset, timeout, a reply that is no 2yz/4yz/5yz
       // reply code, as "354" or garbage): the next hop may have taken it.
@@ -399,7 +460,7 @@ async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transacti
     env.pool.release(pc, reusable);
     const rejected = e.command === 'MAIL FROM' ? [] : e.rejectedErrors ?? pending?.rejectedErrors ?? [];
     const tooMany = rejected.filter((re) => re.recipient && tx.to.includes(re.recipient) && isTooManyRecipients(re)).map((re) => re.recipient!);
-    return { connection: pc.info, outcomes: outcomesForError(tx.to, e, pending?.rejectedErrors ?? [], remote), tooMany, delivered: false };
+    return { connection: pc.info, outcomes: outcomesForError(tx.to, e, pending?.rejectedErrors ?? [], remote), tooMany, delivered: false, beforeMessage: !pc.endOfDataSent };
   }
 }
 

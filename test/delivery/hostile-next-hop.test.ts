@@ -39,7 +39,7 @@ test('next hops that never finish a reply are timed out per reply; they cannot h
   const s = await startDeliveryServer({
     config: configYaml({
       listeners: [testListener('in')],
-      delivery: { enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'none' }, concurrency: 2, retrySchedule: [3600], commandTimeoutMs: 1500 },
+      delivery: { enabled: true, route: { mx: true, port: sink.port }, tls: { mode: 'none' }, concurrency: 2, retrySchedule: [3600], commandTimeoutMs: 1500, endOfDataTimeoutMs: 1500 },
     }),
     scripts: { 'rcptto.ts': 'export default () => accept();' },
     resolver: fakeResolver({

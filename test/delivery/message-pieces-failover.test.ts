@@ -1,5 +1,5 @@
 // Delivery in 64 KiB pieces (engine/delivery/message-pieces.ts), DKIM fields in front: a first MX that drops the
-// connection part way through the message (the retry then goes to the next MX), and a connection used again after a message refused at its end, must
+// connection part way through the message (the next MX then gets it in the same attempt), and a connection used again after a message refused at its end, must
 // leave the next transaction's bytes whole: the next MX, or the next message on the connection, gets the spooled
 // body (CRLF line ends), and dkimpy verifies the signature.
 import { test } from 'node:test';
@@ -60,14 +60,17 @@ test('a first MX that drops the connection part way through the message: the nex
   });
   try {
     const id = await s.send('a@example.com', ['b@dest.test'], `From: <a@example.com>\r\nTo: <b@dest.test>\r\nSubject: failover\r\n\r\n${BIG}`);
-    // A connection lost in session defers the message (no other MX within the attempt); the retry finds the first
-    // MX gone (refused: the next MX is tried) and sends the message again from its first piece.
-    const first = await s.nextAttempt((x) => x.id === id, { past: true, timeoutMs: 60_000 });
-    assert.equal(first.outcomes[0]!.status, 'temporary', first.outcomes[0]!.reply);
+    // A connection lost before the final dot went out: the next MX gets the message in the same attempt, from its
+    // first piece. (Should the kernel's buffers have taken the whole message before the drop, its end went out
+    // without a verdict: deferred, as the first MX may have it, and the retry finds the first MX gone.)
+    let e = await s.nextAttempt((x) => x.id === id, { past: true, timeoutMs: 60_000 });
     assert.equal(cut, 1, 'the first MX took part of the message and dropped the connection');
     dropper.close();
-    await retryMessages(s.spools, 'all'); // `postern queue retry --all`
-    const e = await s.nextAttempt((x) => x.id === id && x.attempt === 2, { past: true, timeoutMs: 60_000 });
+    if (e.outcomes[0]!.status === 'temporary') {
+      assert.match(e.outcomes[0]!.reply, /may have it/);
+      await retryMessages(s.spools, 'all'); // `postern queue retry --all`
+      e = await s.nextAttempt((x) => x.id === id && x.attempt === 2, { past: true, timeoutMs: 60_000 });
+    }
     assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
     const copy = sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data;
     assert.ok(bodyOf(copy) === BIG, 'the body as sent');

@@ -22,7 +22,7 @@ test('a destination suspended while its backlog is set aside: every message of t
       listeners: [testListener('in')],
       delivery: {
         enabled: true, route: { mx: true, port: peer.port }, tls: { mode: 'none' },
-        concurrency: 2, perDestinationConcurrency: 1, retrySchedule: [3600], commandTimeoutMs: 10_000,
+        concurrency: 2, perDestinationConcurrency: 1, retrySchedule: [3600], commandTimeoutMs: 10_000, endOfDataTimeoutMs: 10_000,
         scanIntervalMs: 600_000, // no scan lets any in meanwhile
       },
     }),

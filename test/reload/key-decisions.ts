@@ -221,6 +221,7 @@ export const DECISIONS: Record<string, KeyDecision> = {
   'delivery.heloName': live((c) => { D(c).heloName = 'out.example.test'; }),
   'delivery.connectTimeoutMs': live((c) => { D(c).connectTimeoutMs = 1000; }),
   'delivery.commandTimeoutMs': live((c) => { D(c).commandTimeoutMs = 1000; }),
+  'delivery.endOfDataTimeoutMs': live((c) => { D(c).endOfDataTimeoutMs = 1000; }),
   'delivery.lineLengthLimit': live((c) => { D(c).lineLengthLimit = 0; }),
   'delivery.scanIntervalMs': live((c) => { D(c).scanIntervalMs = 100; }),
   'delivery.hostLookup': live((c) => { D(c).hostLookup = 'native'; }),
