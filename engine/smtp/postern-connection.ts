@@ -177,6 +177,12 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   #usefulAt = performance.now();
   /** A MAIL FROM of it was accepted: it came to send mail. */
   #mailSeen = false;
+  /**
+   * When the command being answered reached us (performance.now()), until its reply: the time a client waits for
+   * us (a helo script asking DNS) is not its idleness. Counted, a client whose EHLO verdict took longer than
+   * idleWhenFullMs was closed for a newcomer in the moment between reading its 250 and sending its MAIL FROM.
+   */
+  #askedAt: number | null = null;
 
   /**
    * Its standing when the listener is full (closing-order.ts); null while it must not be closed for another
@@ -445,6 +451,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     const decided = this.#nextReply;
     this.#nextReply = null;
+    this.#answered();
     if (code < 400) this.#wasUseful();
     const addressCommand = this.#addressCommand;
     this.#addressCommand = null;
@@ -484,6 +491,14 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
+  }
+
+  /** The command being answered waited for us since #askedAt: that wait is not the client's idleness. */
+  #answered(): void {
+    if (this.#askedAt === null) return;
+    const now = performance.now();
+    this.#usefulAt = Math.min(now, this.#usefulAt + (now - this.#askedAt));
+    this.#askedAt = null;
   }
 
   /** A 2xx/3xx reply to the command being answered (#stage; CONNECT: the greeting): activity, unless a junk command's. */
@@ -578,6 +593,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // smtp-server builds its parser in its constructor, before this class's fields exist: found by the parser.
     const input = this._parser ? PipelinedInput.of(this._parser) : undefined;
     input?.lineTaken();
+    if (this._ready && !this._closing) this.#askedAt ??= performance.now();
     this.#progress = nextProgress();
     this.#advanced = true;
     if (this._ready && !this._upgrading && !this._nextHandler && !this._closing) {
