@@ -73,6 +73,11 @@ function hasArgument(command: Buffer): boolean {
  * send all its recipients at once and the rest in a later transaction (Postfix smtpd_recipient_overshoot_limit).
  */
 const RECIPIENT_OVERSHOOT = 1000;
+/**
+ * limits.idleWhenFullMs: accepted commands between two accepted messages that count as activity, beyond a whole
+ * transaction's (maxRecipients RCPTs): its MAIL, DATA, a STARTTLS, an AUTH's steps, a few transactions given up.
+ */
+const ACTIVITY_BEYOND_RECIPIENTS = 16;
 
 /**
  * Whether the `n`th RCPT over maxRecipients (since the last accepted message) gets its decision line: within
@@ -177,6 +182,11 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   #usefulAt = performance.now();
   /** A MAIL FROM of it was accepted: it came to send mail. */
   #mailSeen = false;
+  /**
+   * Replies counted as activity since its last accepted message: bounded, or a client repeating an accepted RCPT
+   * (or MAIL FROM, RSET) every few seconds held a slot of a full listener for a day, never sending a message.
+   */
+  #activitySinceMessage = 0;
   /**
    * When the command being answered reached us (performance.now()), until its reply: the time a client waits for
    * us (a helo script asking DNS) is not its idleness. Counted, a client whose EHLO verdict took longer than
@@ -504,6 +514,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   /** A 2xx/3xx reply to the command being answered (#stage; CONNECT: the greeting): activity, unless a junk command's. */
   #wasUseful(): void {
     if (JUNK_COMMANDS.has(this.#stage)) return;
+    if (this.#stage !== 'CONNECT' && ++this.#activitySinceMessage > this.state.listener.limits.maxRecipients + ACTIVITY_BEYOND_RECIPIENTS) return;
     this.#usefulAt = performance.now();
     if (this.#stage === 'MAIL') this.#mailSeen = true;
   }
@@ -538,6 +549,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     if (code < 400) {
       if (stage === 'END-OF-MESSAGE') {
         st.errors = st.junkCommands = st.recipientOvershoot = 0;
+        this.#activitySinceMessage = 0;
+        this.#usefulAt = performance.now();
         st.messagesAccepted++;
       }
       return;
