@@ -229,8 +229,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     return { ...rate, minimum: minDataRate };
   }
 
-  idleWhenFull(now: number): IdleJudgement | null {
-    const minimum = this.state.listener.limits.idleWhenFullMs;
+  get idleWhenFullMs(): number { return this.state.listener.limits.idleWhenFullMs; }
+
+  idleWhenFull(now: number, minimum: number): IdleJudgement | null {
     if (minimum === 0 || this._upgrading || this.standing() === null) return null;
     const idleMs = now - this.#usefulAt;
     return idleMs >= minimum ? { idleMs, mailSeen: this.#mailSeen, minimum } : null;
