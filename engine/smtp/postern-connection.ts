@@ -425,7 +425,13 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override upgrade(callback: () => void, secureCallback?: () => void): void {
     this.#lineDeadline.stop(); // the handshake has its own deadline; the TLS socket's lines get this one again
     this.state.handshakeTrust = this.trust;
-    super.upgrade(callback, secureCallback);
+    // A completed handshake is activity: its time (our CPU's, under load, as much as the client's) is not idleness,
+    // and its client sends EHLO next, a junk command: one whose handshake outlasted idleWhenFullMs was closed for a
+    // newcomer before its MAIL FROM. At most one per connection (STARTTLS is refused once in TLS).
+    super.upgrade(callback, () => {
+      this.#usefulAt = performance.now();
+      secureCallback?.();
+    });
     const raw = this._socket;
     // Judged after the sockets are read, with its time once more for a handshake that progressed (handshake-deadline.ts).
     const cancel = handshakeDeadline(raw, this.#server.tlsHandshakeTimeoutMs, () => {
