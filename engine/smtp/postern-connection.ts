@@ -331,6 +331,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
       if (this.#receiving === stream) this.#receiving = null;
       this.#progress = nextProgress(); // a message received is progress, however long it took
       this.#usefulAt = performance.now();
+      // Its client waits for the end-of-data verdict now: that wait is not its idleness, whatever the verdict (a
+      // refusal after a long content scan is no activity, and the client's next message follows it).
+      this.#askedAt = performance.now();
     });
   }
 
