@@ -47,10 +47,12 @@ export interface RoomMember {
   closeForSlowTransfer(judged: TransferJudgement): void;
   /**
    * How long it has done nothing useful in the command phase, as judged at `now` (after the sockets were read), if
-   * at least its listener's limits.idleWhenFullMs; null otherwise, or when it must not be closed (as standing()),
-   * or is in a STARTTLS handshake.
+   * at least `minimum` (limits.idleWhenFullMs); null otherwise, or when it must not be closed (as standing()), or is
+   * in a STARTTLS handshake.
    */
-  idleWhenFull(now: number): IdleJudgement | null;
+  idleWhenFull(now: number, minimum: number): IdleJudgement | null;
+  /** limits.idleWhenFullMs of its generation: a newcomer's is the configuration in force. */
+  readonly idleWhenFullMs: number;
   /** Close it for its idleness (`judged`), with the reply that says why. */
   closeForIdleness(judged: IdleJudgement): void;
 }
@@ -60,7 +62,7 @@ export interface IdleJudgement {
   idleMs: number;
   /** It had a MAIL FROM accepted at some time (it came to send mail). */
   mailSeen: boolean;
-  /** The listener's limits.idleWhenFullMs it was judged by. */
+  /** The limits.idleWhenFullMs it was judged by (the newcomer's: the configuration in force). */
   minimum: number;
 }
 
@@ -126,11 +128,16 @@ export function closeSlowestTransferFor<M extends RoomMember>(newcomer: M, membe
  * was late is counted first.
  */
 export function closeIdlestFor<M extends RoomMember>(newcomer: M, members: Iterable<M>, now: number): boolean {
+  // The newcomer's limit, from the configuration in force: a connection keeps the generation it last used until its
+  // next command, and an idle one has none, so its own limit was whatever it was when it went idle (a reload setting
+  // 0, never, went on closing for hours the connections open before it).
+  const minimum = newcomer.idleWhenFullMs;
+  if (minimum === 0) return false;
   let idlest: M | null = null;
   let judged: IdleJudgement | null = null;
   for (const member of members) {
     if (member === newcomer || !member.counted) continue;
-    const judgement = member.idleWhenFull(now);
+    const judgement = member.idleWhenFull(now, minimum);
     if (judgement && (!judged || before(judgement, judged))) [idlest, judged] = [member, judgement];
   }
   if (!idlest || !judged) return false;

@@ -73,6 +73,11 @@ function hasArgument(command: Buffer): boolean {
  * send all its recipients at once and the rest in a later transaction (Postfix smtpd_recipient_overshoot_limit).
  */
 const RECIPIENT_OVERSHOOT = 1000;
+/**
+ * limits.idleWhenFullMs: accepted commands between two accepted messages that count as activity, beyond a whole
+ * transaction's (maxRecipients RCPTs): its MAIL, DATA, a STARTTLS, an AUTH's steps, a few transactions given up.
+ */
+const ACTIVITY_BEYOND_RECIPIENTS = 16;
 
 /**
  * Whether the `n`th RCPT over maxRecipients (since the last accepted message) gets its decision line: within
@@ -177,6 +182,17 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   #usefulAt = performance.now();
   /** A MAIL FROM of it was accepted: it came to send mail. */
   #mailSeen = false;
+  /**
+   * Replies counted as activity since its last accepted message: bounded, or a client repeating an accepted RCPT
+   * (or MAIL FROM, RSET) every few seconds held a slot of a full listener for a day, never sending a message.
+   */
+  #activitySinceMessage = 0;
+  /**
+   * When the command being answered reached us (performance.now()), until its reply: the time a client waits for
+   * us (a helo script asking DNS) is not its idleness. Counted, a client whose EHLO verdict took longer than
+   * idleWhenFullMs was closed for a newcomer in the moment between reading its 250 and sending its MAIL FROM.
+   */
+  #askedAt: number | null = null;
 
   /**
    * Its standing when the listener is full (closing-order.ts); null while it must not be closed for another
@@ -213,8 +229,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     return { ...rate, minimum: minDataRate };
   }
 
-  idleWhenFull(now: number): IdleJudgement | null {
-    const minimum = this.state.listener.limits.idleWhenFullMs;
+  get idleWhenFullMs(): number { return this.state.listener.limits.idleWhenFullMs; }
+
+  idleWhenFull(now: number, minimum: number): IdleJudgement | null {
     if (minimum === 0 || this._upgrading || this.standing() === null) return null;
     const idleMs = now - this.#usefulAt;
     return idleMs >= minimum ? { idleMs, mailSeen: this.#mailSeen, minimum } : null;
@@ -314,6 +331,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
       if (this.#receiving === stream) this.#receiving = null;
       this.#progress = nextProgress(); // a message received is progress, however long it took
       this.#usefulAt = performance.now();
+      // Its client waits for the end-of-data verdict now: that wait is not its idleness, whatever the verdict (a
+      // refusal after a long content scan is no activity, and the client's next message follows it).
+      this.#askedAt = performance.now();
     });
   }
 
@@ -408,7 +428,13 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override upgrade(callback: () => void, secureCallback?: () => void): void {
     this.#lineDeadline.stop(); // the handshake has its own deadline; the TLS socket's lines get this one again
     this.state.handshakeTrust = this.trust;
-    super.upgrade(callback, secureCallback);
+    // A completed handshake is activity: its time (our CPU's, under load, as much as the client's) is not idleness,
+    // and its client sends EHLO next, a junk command: one whose handshake outlasted idleWhenFullMs was closed for a
+    // newcomer before its MAIL FROM. At most one per connection (STARTTLS is refused once in TLS).
+    super.upgrade(callback, () => {
+      this.#usefulAt = performance.now();
+      secureCallback?.();
+    });
     const raw = this._socket;
     // Judged after the sockets are read, with its time once more for a handshake that progressed (handshake-deadline.ts).
     const cancel = handshakeDeadline(raw, this.#server.tlsHandshakeTimeoutMs, () => {
@@ -445,6 +471,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     const decided = this.#nextReply;
     this.#nextReply = null;
+    this.#answered();
     if (code < 400) this.#wasUseful();
     const addressCommand = this.#addressCommand;
     this.#addressCommand = null;
@@ -486,9 +513,18 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
   }
 
+  /** The command being answered waited for us since #askedAt: that wait is not the client's idleness. */
+  #answered(): void {
+    if (this.#askedAt === null) return;
+    const now = performance.now();
+    this.#usefulAt = Math.min(now, this.#usefulAt + (now - this.#askedAt));
+    this.#askedAt = null;
+  }
+
   /** A 2xx/3xx reply to the command being answered (#stage; CONNECT: the greeting): activity, unless a junk command's. */
   #wasUseful(): void {
     if (JUNK_COMMANDS.has(this.#stage)) return;
+    if (this.#stage !== 'CONNECT' && ++this.#activitySinceMessage > this.state.listener.limits.maxRecipients + ACTIVITY_BEYOND_RECIPIENTS) return;
     this.#usefulAt = performance.now();
     if (this.#stage === 'MAIL') this.#mailSeen = true;
   }
@@ -523,6 +559,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     if (code < 400) {
       if (stage === 'END-OF-MESSAGE') {
         st.errors = st.junkCommands = st.recipientOvershoot = 0;
+        this.#activitySinceMessage = 0;
+        this.#usefulAt = performance.now();
         st.messagesAccepted++;
       }
       return;
@@ -578,6 +616,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // smtp-server builds its parser in its constructor, before this class's fields exist: found by the parser.
     const input = this._parser ? PipelinedInput.of(this._parser) : undefined;
     input?.lineTaken();
+    if (this._ready && !this._closing) this.#askedAt ??= performance.now();
     this.#progress = nextProgress();
     this.#advanced = true;
     if (this._ready && !this._upgrading && !this._nextHandler && !this._closing) {

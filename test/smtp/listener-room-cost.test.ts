@@ -24,6 +24,7 @@ function member(network: string, reads: { n: number }): Held {
     slowTransfer: () => null,
     closeForSlowTransfer() { this.closed = true; this.counted = false; },
     idleWhenFull: () => null,
+    idleWhenFullMs: 0,
     closeForIdleness() { this.closed = true; this.counted = false; },
   };
 }
