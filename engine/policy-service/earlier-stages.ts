@@ -19,35 +19,46 @@ export const EARLIER_HOOKS: Readonly<Record<HookName, readonly HookName[]>> = {
   data: ['connect', 'helo', 'mailfrom'], auth: [], predelivery: [],
 };
 
-/** What makes a stage's decision the same one: its SMTP session (the client's address and port), HELO (name, TLS), transaction. */
+/**
+ * What makes a stage's decision the same one: its SMTP session (the client's address and port), HELO (name, TLS),
+ * transaction (the sender; its `instance` is compared apart, see StageVerdicts).
+ */
 export function stageKey(hook: HookName, a: Record<string, string>): string {
   const session = `${a.client_address ?? ''}\n${a.client_port ?? ''}\n${a.server_address ?? ''}\n${a.server_port ?? ''}`;
   if (hook === 'connect') return session;
   // A listener runs the helo script again at the EHLO after STARTTLS (the session starts over, RFC 3207 §4.2).
   if (hook === 'helo') return `${session}\n${a.helo_name ?? ''}\n${a.encryption_protocol ?? ''}`;
-  return `${session}\n${a.instance ?? ''}\n${a.sender ?? ''}`;
+  return `${session}\n${a.sender ?? ''}`;
 }
 
 /**
  * The verdicts of the earlier stages already decided on one policy connection (Postfix's smtpd keeps one per
  * process and serves one session at a time): the latest per hook. A failure is not kept: it is tried again.
+ *
+ * A transaction is told apart by Postfix's `instance`, which Postfix names only from the first RCPT on: at MAIL it
+ * is empty (Postfix 3.7). So the mailfrom verdict of a MAIL request (no instance) is the one of the first request
+ * of that session and sender naming an instance, which then owns it: compared by instance alone, the script ran
+ * again at the first RCPT (smtpd_delay_reject = no, the service in the sender and recipient restrictions), and its
+ * rate() counted every message twice. A request of no instance never takes a verdict kept for one.
  */
 export class StageVerdicts {
   #generation: PolicyGeneration | null = null;
-  readonly #kept = new Map<HookName, { key: string; verdict: Verdict | undefined }>();
+  readonly #kept = new Map<HookName, { key: string; instance: string; verdict: Verdict | undefined }>();
 
-  get(generation: PolicyGeneration, hook: HookName, key: string): { verdict: Verdict | undefined } | null {
+  get(generation: PolicyGeneration, hook: HookName, key: string, instance = ''): { verdict: Verdict | undefined } | null {
     if (generation !== this.#generation) return null;
     const kept = this.#kept.get(hook);
-    return kept && kept.key === key ? { verdict: kept.verdict } : null;
+    if (!kept || kept.key !== key) return null;
+    if (kept.instance === '' && instance !== '') kept.instance = instance; // the MAIL's verdict, taken by its transaction
+    return kept.instance === instance ? { verdict: kept.verdict } : null;
   }
 
-  set(generation: PolicyGeneration, hook: HookName, key: string, verdict: Verdict | undefined): void {
+  set(generation: PolicyGeneration, hook: HookName, key: string, verdict: Verdict | undefined, instance = ''): void {
     if (generation !== this.#generation) {
       this.#kept.clear();
       this.#generation = generation;
     }
     if (verdict === FAIL_CLOSED) this.#kept.delete(hook);
-    else this.#kept.set(hook, { key, verdict });
+    else this.#kept.set(hook, { key, instance, verdict });
   }
 }

@@ -308,10 +308,12 @@ export class PolicyServer {
   ): Promise<Verdict | undefined> {
     const kept = hook === 'connect' || hook === 'helo' || hook === 'mailfrom';
     const key = kept ? stageKey(hook, a) : '';
-    const earlier = kept && earlierStage ? stages.get(generation, hook, key) : null;
+    // Only a transaction's verdict is told apart by its instance (see StageVerdicts).
+    const instance = hook === 'mailfrom' ? a.instance ?? '' : '';
+    const earlier = kept && earlierStage ? stages.get(generation, hook, key, instance) : null;
     if (earlier) return earlier.verdict;
     const verdict = await runHook(generation, service, hook, rc.ctx, cid, this.#runtime.logger, rc.key, 'postfix-policy') as Verdict | undefined;
-    if (kept) stages.set(generation, hook, key, verdict);
+    if (kept) stages.set(generation, hook, key, verdict, instance);
     return verdict;
   }
 
