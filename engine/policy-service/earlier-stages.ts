@@ -32,6 +32,27 @@ export function stageKey(hook: HookName, a: Record<string, string>): string {
 }
 
 /**
+ * Whether the request names its client's port, so that one SMTP session of a client can be told from the next.
+ * Postfix before 3.0 sends no client_port, and XCLIENT PORT=[UNAVAILABLE] makes it `unknown`.
+ */
+export function sessionKnown(a: Record<string, string>): boolean {
+  const port = a.client_port;
+  return port !== undefined && port !== '' && port !== '0' && port.toLowerCase() !== 'unknown';
+}
+
+/**
+ * The transaction a kept verdict belongs to (see StageVerdicts), or null when it must not be kept for later
+ * requests: a transaction is mailfrom's own; connect and helo verdicts are kept per session, but a session whose
+ * client port is unknown cannot be told from that client's next one on the same smtpd process (its policy
+ * connection lives on): there they are kept per transaction, and a request naming none (EHLO, MAIL) runs them.
+ */
+export function stageInstance(hook: HookName, a: Record<string, string>): string | null {
+  if (hook === 'mailfrom') return a.instance ?? '';
+  if (sessionKnown(a)) return '';
+  return a.instance ? a.instance : null;
+}
+
+/**
  * The verdicts of the earlier stages already decided on one policy connection (Postfix's smtpd keeps one per
  * process and serves one session at a time): the latest per hook. A failure is not kept: it is tried again.
  *

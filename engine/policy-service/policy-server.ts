@@ -14,7 +14,7 @@ import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { RequestReader, answerBuffer, formatAnswer, type PolicyRequest } from './protocol.ts';
 import { FactsMemo, requestContext, sameSpellingOfAddresses, type RequestContext } from './request-context.ts';
-import { EARLIER_HOOKS, StageVerdicts, stageKey } from './earlier-stages.ts';
+import { EARLIER_HOOKS, StageVerdicts, stageInstance, stageKey } from './earlier-stages.ts';
 import { fingerprintDigestMismatch } from './postfix-certificate.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 import { firstToClose, nextProgress } from '../connection-limits/closing-order.ts';
@@ -308,12 +308,12 @@ export class PolicyServer {
   ): Promise<Verdict | undefined> {
     const kept = hook === 'connect' || hook === 'helo' || hook === 'mailfrom';
     const key = kept ? stageKey(hook, a) : '';
-    // Only a transaction's verdict is told apart by its instance (see StageVerdicts).
-    const instance = hook === 'mailfrom' ? a.instance ?? '' : '';
-    const earlier = kept && earlierStage ? stages.get(generation, hook, key, instance) : null;
+    const instance = kept ? stageInstance(hook, a) : null;
+    const earlier = instance !== null && earlierStage ? stages.get(generation, hook, key, instance) : null;
     if (earlier) return earlier.verdict;
     const verdict = await runHook(generation, service, hook, rc.ctx, cid, this.#runtime.logger, rc.key, 'postfix-policy') as Verdict | undefined;
-    if (kept) stages.set(generation, hook, key, verdict, instance);
+    // Not kept (instance null): the port is unknown, and so would be whose session takes it; a kept one stays.
+    if (instance !== null) stages.set(generation, hook, key, verdict, instance);
     return verdict;
   }
 
