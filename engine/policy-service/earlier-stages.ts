@@ -20,6 +20,16 @@ export const EARLIER_HOOKS: Readonly<Record<HookName, readonly HookName[]>> = {
 };
 
 /**
+ * The states with no hook of their own at which Postfix still checks earlier stages' restriction lists (with
+ * smtpd_delay_reject = yes, its default): VRFY (the client and helo lists, then the recipient list; no sender is
+ * known) and ETRN (the client and helo lists, then the ETRN list). Answered DUNNO without them, a client the connect
+ * script rejects had its VRFY answered (252, or 550 User unknown), and could harvest addresses.
+ */
+export const EARLIER_OF_HOOKLESS_STATE: Readonly<Record<string, readonly HookName[]>> = {
+  VRFY: ['connect', 'helo'], ETRN: ['connect', 'helo'],
+};
+
+/**
  * What makes a stage's decision the same one: its SMTP session (the client's address and port), HELO (name, TLS),
  * transaction (the sender; its `instance` is compared apart, see StageVerdicts).
  */
