@@ -74,22 +74,51 @@ export function stageInstance(hook: HookName, a: Record<string, string>): string
  */
 export class StageVerdicts {
   #generation: PolicyGeneration | null = null;
-  readonly #kept = new Map<HookName, { key: string; instance: string; verdict: Verdict | undefined }>();
+  readonly #kept = new Map<HookName, Kept>();
 
-  get(generation: PolicyGeneration, hook: HookName, key: string, instance = ''): { verdict: Verdict | undefined } | null {
+  /** `transaction`: the request's own `instance` (a session's verdict is not kept per instance, but see Kept.first). */
+  get(generation: PolicyGeneration, hook: HookName, key: string, instance = '', transaction = ''): { verdict: Verdict | undefined } | null {
     if (generation !== this.#generation) return null;
     const kept = this.#kept.get(hook);
     if (!kept || kept.key !== key) return null;
+    if (firstOfSession(transaction)) {
+      if (kept.first === null) kept.first = transaction; // kept at this session's EHLO or MAIL, before its first RCPT
+      else if (kept.first !== transaction) return null; // another session, from the same client address and port
+    }
     if (kept.instance === '' && instance !== '') kept.instance = instance; // the MAIL's verdict, taken by its transaction
     return kept.instance === instance ? { verdict: kept.verdict } : null;
   }
 
-  set(generation: PolicyGeneration, hook: HookName, key: string, verdict: Verdict | undefined, instance = ''): void {
+  set(generation: PolicyGeneration, hook: HookName, key: string, verdict: Verdict | undefined, instance = '', transaction = ''): void {
     if (generation !== this.#generation) {
       this.#kept.clear();
       this.#generation = generation;
     }
+    const first = transaction === '' ? null : firstOfSession(transaction) ? transaction : LATER;
     if (verdict === FAIL_CLOSED) this.#kept.delete(hook);
-    else this.#kept.set(hook, { key, instance, verdict });
+    else this.#kept.set(hook, { key, instance, verdict, first });
   }
+}
+
+interface Kept {
+  key: string;
+  instance: string;
+  verdict: Verdict | undefined;
+  /**
+   * The instance of the first transaction of the session the verdict was decided in; null when decided before
+   * any (the session's first request naming one takes it), LATER when decided in a later one. A client that
+   * connects again from the same port (it may bind it) is another session with the same attributes: a
+   * connect script limiting sessions with rate() ran at its first session only, and every next one was
+   * accepted with that verdict. Postfix's instance ends in the transaction's number within its session
+   * (`%x.%lx.%lx.%x`: process, time, number), 0 for the first: a first transaction's instance other than the
+   * one the verdict was kept in starts another session.
+   */
+  first: string | null;
+}
+
+const LATER = '\n later';
+
+/** Whether `instance` is the one of a session's first transaction (Postfix numbers them from 0, in hex). */
+function firstOfSession(instance: string): boolean {
+  return instance.endsWith('.0');
 }

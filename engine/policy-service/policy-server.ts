@@ -313,11 +313,11 @@ export class PolicyServer {
     const kept = hook === 'connect' || hook === 'helo' || hook === 'mailfrom';
     const key = kept ? stageKey(hook, a) : '';
     const instance = kept ? stageInstance(hook, a) : null;
-    const earlier = instance !== null && earlierStage ? stages.get(generation, hook, key, instance) : null;
+    const earlier = instance !== null && earlierStage ? stages.get(generation, hook, key, instance, a.instance) : null;
     if (earlier) return earlier.verdict;
     const verdict = await runHook(generation, service, hook, rc.ctx, cid, this.#runtime.logger, rc.key, 'postfix-policy') as Verdict | undefined;
     // Not kept (instance null): the port is unknown, and so would be whose session takes it; a kept one stays.
-    if (instance !== null) stages.set(generation, hook, key, verdict, instance);
+    if (instance !== null) stages.set(generation, hook, key, verdict, instance, a.instance);
     return verdict;
   }
 
