@@ -30,7 +30,7 @@ export interface PolicyAction {
   reason?: string;
 }
 
-/** No decision: Postfix's next restriction decides (also the answer to a state without a hook: VRFY, ETRN). */
+/** No decision: Postfix's next restriction decides (also the answer to a state without a hook, VRFY or ETRN, that no earlier stage refused). */
 export const DUNNO: PolicyAction = Object.freeze({ action: 'DUNNO', kind: 'dunno' });
 const OK: PolicyAction = Object.freeze({ action: 'OK', kind: 'ok' });
 

@@ -14,7 +14,7 @@ import { runHook } from '../policy/run-hook.ts';
 import { metrics } from '../metrics/metrics.ts';
 import { RequestReader, answerBuffer, formatAnswer, type PolicyRequest } from './protocol.ts';
 import { FactsMemo, requestContext, sameSpellingOfAddresses, type RequestContext } from './request-context.ts';
-import { EARLIER_HOOKS, StageVerdicts, stageKey } from './earlier-stages.ts';
+import { EARLIER_HOOKS, EARLIER_OF_HOOKLESS_STATE, StageVerdicts, stageInstance, stageKey } from './earlier-stages.ts';
 import { fingerprintDigestMismatch } from './postfix-certificate.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 import { firstToClose, nextProgress } from '../connection-limits/closing-order.ts';
@@ -239,14 +239,16 @@ export class PolicyServer {
       } else {
         const rc = requestContext(request.attributes, service, generation, memo);
         if (rc && !rc.ctx.connection.clientCertificate && (request.attributes.ccert_fingerprint || request.attributes.ccert_pubkey_fingerprint)) this.#checkDigest(request.attributes, service, cid);
-        if (!rc) {
+        // A state without a hook of its own (VRFY, ETRN) is still decided by the stages Postfix checks before it.
+        const earlierHooks = rc ? EARLIER_HOOKS[rc.hook] : EARLIER_OF_HOOKLESS_STATE[state] ?? [];
+        if (!rc && !earlierHooks.length) {
           result = DUNNO;
         } else {
           const a = request.attributes;
           // The connect, helo and mailfrom scripts decide first: Postfix may be asking for their restriction list.
-          let hook: HookName = rc.hook;
+          let hook: HookName | null = rc?.hook ?? null;
           let refused: PolicyAction | null = null;
-          for (const earlier of EARLIER_HOOKS[rc.hook]) {
+          for (const earlier of earlierHooks) {
             if (!generation.sandboxFor(service).has(earlier)) continue;
             const verdict = await this.#verdictOf(generation, service, earlier, requestContext(a, service, generation, memo, earlier)!, a, cid, stages, true);
             if (verdict === undefined || verdict.verdict === 'accept') continue;
@@ -256,11 +258,13 @@ export class PolicyServer {
           }
           if (refused) {
             result = refused;
-          } else {
+          } else if (rc) {
             const verdict = await this.#verdictOf(generation, service, rc.hook, rc, a, cid, stages, false);
             result = policyAction(service, rc.hook, verdict, rc.builtin, a.recipient ?? '', state, generation.config.unknownRecipientReply);
+          } else {
+            result = DUNNO;
           }
-          if (result.reason?.startsWith('script ')) script = generation.sandboxFor(service).scriptFile(hook);
+          if (hook && result.reason?.startsWith('script ')) script = generation.sandboxFor(service).scriptFile(hook);
           if (result.error) {
             // A verdict the script may return, but Postfix cannot be told: the script's failure, named like one.
             log.error({ service: this.name, cid, hook, script, err: result.error },
@@ -308,10 +312,12 @@ export class PolicyServer {
   ): Promise<Verdict | undefined> {
     const kept = hook === 'connect' || hook === 'helo' || hook === 'mailfrom';
     const key = kept ? stageKey(hook, a) : '';
-    const earlier = kept && earlierStage ? stages.get(generation, hook, key) : null;
+    const instance = kept ? stageInstance(hook, a) : null;
+    const earlier = instance !== null && earlierStage ? stages.get(generation, hook, key, instance, a.instance) : null;
     if (earlier) return earlier.verdict;
     const verdict = await runHook(generation, service, hook, rc.ctx, cid, this.#runtime.logger, rc.key, 'postfix-policy') as Verdict | undefined;
-    if (kept) stages.set(generation, hook, key, verdict);
+    // Not kept (instance null): the port is unknown, and so would be whose session takes it; a kept one stays.
+    if (instance !== null) stages.set(generation, hook, key, verdict, instance, a.instance);
     return verdict;
   }
 

@@ -14,7 +14,7 @@ import { asciiDomain } from '../policy/domain-key.ts';
 import { NO_MESSAGE_BODY } from '../sandbox/index.ts';
 import { listedForRelay, postfixCertificate, postfixCertificateIdentity, withRevocation } from './postfix-certificate.ts';
 
-/** Postfix's protocol_state → the hook that decides it. Other states (VRFY, ETRN) have none: DUNNO. */
+/** Postfix's protocol_state → the hook that decides it. Other states (VRFY, ETRN) have none (see EARLIER_OF_HOOKLESS_STATE). */
 const HOOK_OF_STATE: Readonly<Record<string, HookName>> = {
   CONNECT: 'connect', EHLO: 'helo', HELO: 'helo', MAIL: 'mailfrom', RCPT: 'rcptto', DATA: 'data', 'END-OF-MESSAGE': 'data',
 };
