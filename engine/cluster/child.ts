@@ -235,6 +235,12 @@ let tellReloadState: () => void = () => undefined;
 const unconfirmedBeat = (ms: number | null): { spoolUnconfirmedMs?: number } => (ms === null ? {} : { spoolUnconfirmedMs: ms });
 
 /**
+ * The facts of the queue process's beat: a write of its spools past the deadline (a delivery state's, a bounce's
+ * file) alone. It accepts no connections; without this its hung writes never reached /readyz.
+ */
+const queueFacts = (facts: { spoolUnconfirmedMs?: number }): { spoolUnconfirmedMs?: number } => unconfirmedBeat(facts.spoolUnconfirmedMs ?? null);
+
+/**
  * Make a listener's socket the supervisor holds listen, without accepting on it: listen() and close this
  * process's copy in the same turn (libuv accepts only in a later one). The socket, open in the supervisor,
  * stays listening: from the server's start, connections wait in its queue until the first worker accepts
@@ -282,7 +288,7 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
 const WATCHDOG_RETRY_MS = 1000;
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
-function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters, facts: () => object): void {
+function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters, facts: () => { spoolUnconfirmedMs?: number }): void {
   const dataDir = config.dataDir;
   const workerData = {
     marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, role, hangMs: HANG_MS,
@@ -326,7 +332,7 @@ function startWatchdog(config: { dataDir: string; log: { level: string; format: 
     thread = threadNow;
     at = atNow;
     counters.flush(); // slots given back since the last message
-    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...(role === 'worker' ? facts() : {}) });
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...(role === 'worker' ? facts() : queueFacts(facts())) });
   }, HEARTBEAT_MS).unref();
 }
 

@@ -1092,7 +1092,7 @@ export class Supervisor {
           ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
         processes: this.#processesCheck(),
         spool: spoolConfirmsWrites(this.#children.filter((c) => c.ready && c.proc?.connected && c.spoolUnconfirmedMs !== null)
-          .map((c) => ({ spool: c.kind === 'worker' ? `worker-${c.index}` : 'the queue process', ms: c.spoolUnconfirmedMs! })))
+          .map((c) => ({ spool: c.kind === 'worker' ? `worker-${c.index}` : 'the queue process', ms: c.spoolUnconfirmedMs!, deliveriesOnly: c.kind !== 'worker' })))
           ?? await spoolWritable(this.config.config.dataDir, this.config.config.spool),
         lock: this.#keepLock(),
         store: storeCheckOf(this.#children.find((c) => c.kind === 'worker' && c.ready && c.storeDown)?.storeDown ?? null, listener),
