@@ -572,6 +572,13 @@ export class Spool {
    * `hasState: false`: the caller knows there is no state file to remove.
    */
   async remove(id: string, opts: { hasState?: boolean } = {}): Promise<void> {
+    // Bounded as a state write is: its syncs (the done line's, the folder's) on a disk that stopped answering held the
+    // attempt, its place among those in flight and a thread of libuv's pool; as many as there are places, and the
+    // queue process attempted nothing more. Past the deadline the removal goes on, and the caller tries it again.
+    await this.syncs.within(`the removal of message ${id} from ${this.root}`, () => this.#remove(id, opts), NOT_RECORDED);
+  }
+
+  async #remove(id: string, opts: { hasState?: boolean }): Promise<void> {
     const journal = this.#readJournal(id);
     if (opts.hasState === false) {
       // Nothing else records its progress: a done mark lost in a power cut only means delivering it again.
