@@ -216,10 +216,14 @@ async function main(): Promise<void> {
   // With each heartbeat: near the open-file limit, accepting on the supervisor's sockets (it was told to, and the
   // sockets came), and while its Redis store is unreachable what that refuses (the supervisor's /readyz).
   const { store: counterStore, runtime } = running;
-  startWatchdog(loaded.config, counters, () => ({
+  startWatchdog(loaded.config, counters, () => (role === 'worker' ? {
     ...(accepting.recount() ? { full: true } : {}), ...(accepting.accepting ? { accepting: true } : {}),
     ...(counterStore.unreachable ? { store: storeDependences(runtime.generation.config.listeners) } : {}),
     // A sync of its spool past its deadline, not returned: how long (ms), for the supervisor's /readyz.
+    ...unconfirmedBeat(runtime.spool.unconfirmedFor()),
+  } : {
+    // The queue process accepts no connections: a write of its spools past the deadline (a delivery state, a
+    // removal, a bounce's) alone. Without it in its beat, its hung writes never reached /readyz.
     ...unconfirmedBeat(runtime.spool.unconfirmedFor()),
   }));
   for (const [m, h] of early.splice(0)) dispatch(m, h);
@@ -233,12 +237,6 @@ async function main(): Promise<void> {
 let tellReloadState: () => void = () => undefined;
 
 const unconfirmedBeat = (ms: number | null): { spoolUnconfirmedMs?: number } => (ms === null ? {} : { spoolUnconfirmedMs: ms });
-
-/**
- * The facts of the queue process's beat: a write of its spools past the deadline (a delivery state's, a bounce's
- * file) alone. It accepts no connections; without this its hung writes never reached /readyz.
- */
-const queueFacts = (facts: { spoolUnconfirmedMs?: number }): { spoolUnconfirmedMs?: number } => unconfirmedBeat(facts.spoolUnconfirmedMs ?? null);
 
 /**
  * Make a listener's socket the supervisor holds listen, without accepting on it: listen() and close this
@@ -288,7 +286,7 @@ async function startOnceSpoolIsFree(config: { dataDir: string; log: { level: str
 const WATCHDOG_RETRY_MS = 1000;
 
 /** Heartbeats: to the supervisor over IPC, and to this process's watchdog thread through shared memory. */
-function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters, facts: () => { spoolUnconfirmedMs?: number }): void {
+function startWatchdog(config: { dataDir: string; log: { level: string; format: LogFormat } }, counters: WorkerCounters, facts: () => object): void {
   const dataDir = config.dataDir;
   const workerData = {
     marker: runningCall.buffer, heartbeat: runningCall.heartbeatBuffer, crashDir: crashDir(dataDir), worker: index, role, hangMs: HANG_MS,
@@ -332,7 +330,7 @@ function startWatchdog(config: { dataDir: string; log: { level: string; format: 
     thread = threadNow;
     at = atNow;
     counters.flush(); // slots given back since the last message
-    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...(role === 'worker' ? facts() : queueFacts(facts())) });
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...facts() });
   }, HEARTBEAT_MS).unref();
 }
 
