@@ -142,8 +142,17 @@ async function main(): Promise<void> {
     });
   };
   // A parked isolate thread keeps process.exit() from returning (unrecoverable.ts): then end with a signal.
+  // So does a sync of the spool that the disk has not returned: process.exit() waits for every thread of libuv's pool
+  // to end, that one too, and the stop waited for the supervisor's kill 30 s later (no word of why).
   const end = (): void => {
-    if (exitMayHang()) process.kill(process.pid, 'SIGKILL');
+    const unconfirmedMs = running?.runtime.spool.unconfirmedFor() ?? null;
+    if (unconfirmedMs !== null) {
+      log.warn({ unconfirmedMs: Math.round(unconfirmedMs) }, `${role}${role === 'worker' ? ` ${index}` : ''}: a write of its spool has not returned for ${Math.round(unconfirmedMs / 1000)} s (the disk): ending without waiting for it`);
+    }
+    if (exitMayHang() || unconfirmedMs !== null) {
+      turnBufferedStdout().flushSync(); // this turn's lines: a kill ends it before its flush
+      process.kill(process.pid, 'SIGKILL');
+    }
     process.exit(0);
   };
   // The sandbox cannot recover in this process: no new connections (the supervisor hands them to the

@@ -1270,7 +1270,11 @@ export class Supervisor {
       const proc = c.proc;
       if (!proc || proc.exitCode !== null) return undefined;
       return new Promise<void>((resolve) => {
-        const kill = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+        const kill = setTimeout(() => {
+          // Said: a process cut short at its stop may not have recorded what it did (a delivery's outcome).
+          this.log.error({ [c.kind]: c.index, childPid: proc.pid }, `${c.kind} ${c.kind === 'worker' ? `${c.index} ` : ''}did not end within 30 s of the stop: killed`);
+          proc.kill('SIGKILL');
+        }, 30_000);
         proc.once('exit', () => { clearTimeout(kill); resolve(); });
         // A child still starting may not listen to its IPC channel yet (a message then is lost): its signal
         // handler, or the default action, stops it.
