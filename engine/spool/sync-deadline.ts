@@ -16,6 +16,15 @@ export const DEFAULT_SYNC_DEADLINE_MS = 30_000;
 export const MIN_SYNC_DEADLINE_MS = 5_000;
 /** The most it takes: within the 10 minutes a client waits for the reply to its final dot, with room to spare. */
 export const MAX_SYNC_DEADLINE_MS = 300_000;
+/** Syncs past their deadline that have not returned, of every SyncWatch of this process (syncsHung). */
+let hungInProcess = 0;
+
+/**
+ * Whether a sync of this process is past its deadline and has not returned: process.exit() then waits for it (Node joins
+ * every thread of libuv's pool as it exits), for as long as the disk hangs. A one-shot command ends without that wait.
+ */
+export function syncsHung(): boolean { return hungInProcess > 0; }
+
 /** A spool's deadline, read at each sync: set from the configuration (and its reloads) by the server. */
 export interface SyncDeadline { ms: number }
 
@@ -70,12 +79,17 @@ export class SyncWatch {
     const deadline = new Promise<never>((_, reject) => {
       cancel = deadlineAfterReads(deadlineMs, () => {
         late = true;
+        hungInProcess++;
         if (this.#hung++ === 0) this.#hungSince = started;
         reject(notConfirmed(what, deadlineMs, consequence));
       });
     });
     // Its failure after the deadline is no one's; returned at last, it no longer holds new syncs back.
-    void syncing.catch(() => undefined).finally(() => { if (late) this.#hung--; });
+    void syncing.catch(() => undefined).finally(() => {
+      if (!late) return;
+      this.#hung--;
+      hungInProcess--;
+    });
     return Promise.race([syncing, deadline]).finally(() => cancel());
   }
 }
