@@ -76,10 +76,14 @@ async function lookAtSpool(dataDir: string, floors: { minFreeBytes: number; minF
  * The spool check while a spool's sync is past its deadline and has not returned (`hung`: the spools, and how long
  * their oldest such sync has waited), else null. Whichever worker it is, the others write to the same filesystem.
  */
-export function spoolConfirmsWrites(hung: ReadonlyArray<{ spool: string; ms: number }>): ReadinessCheck | null {
+export function spoolConfirmsWrites(hung: ReadonlyArray<{ spool: string; ms: number; deliveriesOnly?: boolean }>): ReadinessCheck | null {
   if (!hung.length) return null;
   const which = hung.map((h) => `${h.spool} for ${Math.round(h.ms / 1000)} s`).join(', ');
-  return { ok: false, detail: `the spool cannot confirm writes: a sync past spool.syncDeadlineMs has not returned (${which}; a disk or storage path that stopped answering?): new mail is refused (451 4.3.0) until the disk answers` };
+  // The queue process's writes (delivery states) refuse no mail: their outcomes wait in its memory instead.
+  const consequence = hung.every((h) => h.deliveriesOnly)
+    ? 'the outcomes of deliveries wait in memory, to be recorded once the disk answers'
+    : 'new mail is refused (451 4.3.0) until the disk answers';
+  return { ok: false, detail: `the spool cannot confirm writes: a sync past spool.syncDeadlineMs has not returned (${which}; a disk or storage path that stopped answering?): ${consequence}` };
 }
 
 /** The spools of `spools` with a sync past its deadline, for spoolConfirmsWrites(). */

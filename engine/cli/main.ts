@@ -12,6 +12,7 @@ import type { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pk
 import type { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from './pins.ts';
 // Not the sandbox's index: that loads isolated-vm, which only the commands that run scripts need.
 import { exitMayHang, unrecoverableReasons } from '../sandbox/unrecoverable.ts';
+import { syncsHung } from '../spool/sync-deadline.ts';
 
 // Each command's module is loaded when it runs: `postern queue list` or `status` then loads what it reads
 // (the configuration, the spool), not the server, its sandbox and its TLS stack (half the CPU of a command).
@@ -37,13 +38,15 @@ async function exitWith(code: number): Promise<never> {
   // A script stuck for good in a step V8 cannot interrupt parks an isolate thread, and process.exit() then
   // hangs or crashes in teardown (SIGSEGV). execve() ends every thread of the process without that teardown:
   // the process becomes `sh -c 'exit N'` (same pid, stdout/stderr kept) and ends with the command's own code.
-  const stuck = exitMayHang();
+  // So does a write of the spool the disk has not returned (`postern queue hold` on a disk that stopped answering):
+  // Node's exit waits for the thread that made it, and the command said its error and then never returned.
+  const stuck = exitMayHang() || syncsHung();
   await Promise.all([process.stdout, process.stderr].map((s) => new Promise<void>((resolve) => s.write('', () => resolve()))));
   if (stuck) {
     try {
       process.execve?.('/bin/sh', ['sh', '-c', `exit ${Math.trunc(code)}`]);
     } catch { /* not available here (no /bin/sh, another OS): the signal below */ }
-    process.stderr.write(`postern: ${unrecoverableReasons()[0] ?? 'a script could not be stopped'}; ending with SIGKILL instead of exit ${code}\n`);
+    process.stderr.write(`postern: ${unrecoverableReasons()[0] ?? (syncsHung() ? 'a write of the spool has not returned (the disk)' : 'a script could not be stopped')}; ending with SIGKILL instead of exit ${code}\n`);
     process.kill(process.pid, 'SIGKILL');
   }
   process.exit(code);

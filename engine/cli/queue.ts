@@ -46,12 +46,15 @@ type SpoolUse = 'read' | 'change';
  * whether it delivers at all. Never init(): that would clear a running server's incoming/.
  */
 function spoolAndConfig(opts: { config?: string }, use: SpoolUse): { spool: SpoolSet; deliveryOn: boolean } {
-  const { dataDir, deliveryOn } = dataDirOf(opts, use);
+  const { dataDir, deliveryOn, syncDeadlineMs } = dataDirOf(opts, use);
   const root = join(dataDir, 'spool');
   // An empty queue and a data directory no server has used read alike: say which (a wrong dataDir, a typo).
   if (!existsSync(root)) process.stderr.write(`postern: no spool at ${root}: no server has run with this dataDir\n`);
   else becomeSpoolOwner(root);
-  return { spool: new SpoolSet(new Spool(root)), deliveryOn };
+  const home = new Spool(root);
+  // The server's deadline for a write the disk does not confirm (a hold, a due request, a removal), as the server's.
+  if (syncDeadlineMs !== undefined) home.syncDeadline.ms = syncDeadlineMs;
+  return { spool: new SpoolSet(home), deliveryOn };
 }
 
 /**
@@ -60,10 +63,10 @@ function spoolAndConfig(opts: { config?: string }, use: SpoolUse): { spool: Spoo
  * names none), its errors said as warnings. One that changes the queue does so only where the data directory is
  * certain: named in the file, that key without error, and a spool there; else it is refused with the errors.
  */
-function dataDirOf(opts: { config?: string }, use: SpoolUse): { dataDir: string; deliveryOn: boolean } {
+function dataDirOf(opts: { config?: string }, use: SpoolUse): { dataDir: string; deliveryOn: boolean; syncDeadlineMs?: number } {
   try {
     const { config } = loadStartConfig({ configPath: opts.config });
-    return { dataDir: config.dataDir, deliveryOn: config.delivery.enabled };
+    return { dataDir: config.dataDir, deliveryOn: config.delivery.enabled, syncDeadlineMs: config.spool.syncDeadlineMs };
   } catch (err) {
     if (!(err instanceof ConfigError) || opts.config === undefined) throw err;
     const found = dataDirDespiteErrors(opts.config, err);

@@ -142,8 +142,17 @@ async function main(): Promise<void> {
     });
   };
   // A parked isolate thread keeps process.exit() from returning (unrecoverable.ts): then end with a signal.
+  // So does a sync of the spool that the disk has not returned: process.exit() waits for every thread of libuv's pool
+  // to end, that one too, and the stop waited for the supervisor's kill 30 s later (no word of why).
   const end = (): void => {
-    if (exitMayHang()) process.kill(process.pid, 'SIGKILL');
+    const unconfirmedMs = running?.runtime.spool.unconfirmedFor() ?? null;
+    if (unconfirmedMs !== null) {
+      log.warn({ unconfirmedMs: Math.round(unconfirmedMs) }, `${role}${role === 'worker' ? ` ${index}` : ''}: a write of its spool has not returned for ${Math.round(unconfirmedMs / 1000)} s (the disk): ending without waiting for it`);
+    }
+    if (exitMayHang() || unconfirmedMs !== null) {
+      turnBufferedStdout().flushSync(); // this turn's lines: a kill ends it before its flush
+      process.kill(process.pid, 'SIGKILL');
+    }
     process.exit(0);
   };
   // The sandbox cannot recover in this process: no new connections (the supervisor hands them to the
@@ -216,10 +225,14 @@ async function main(): Promise<void> {
   // With each heartbeat: near the open-file limit, accepting on the supervisor's sockets (it was told to, and the
   // sockets came), and while its Redis store is unreachable what that refuses (the supervisor's /readyz).
   const { store: counterStore, runtime } = running;
-  startWatchdog(loaded.config, counters, () => ({
+  startWatchdog(loaded.config, counters, () => (role === 'worker' ? {
     ...(accepting.recount() ? { full: true } : {}), ...(accepting.accepting ? { accepting: true } : {}),
     ...(counterStore.unreachable ? { store: storeDependences(runtime.generation.config.listeners) } : {}),
     // A sync of its spool past its deadline, not returned: how long (ms), for the supervisor's /readyz.
+    ...unconfirmedBeat(runtime.spool.unconfirmedFor()),
+  } : {
+    // The queue process accepts no connections: a write of its spools past the deadline (a delivery state, a
+    // removal, a bounce's) alone. Without it in its beat, its hung writes never reached /readyz.
     ...unconfirmedBeat(runtime.spool.unconfirmedFor()),
   }));
   for (const [m, h] of early.splice(0)) dispatch(m, h);
@@ -326,7 +339,7 @@ function startWatchdog(config: { dataDir: string; log: { level: string; format: 
     thread = threadNow;
     at = atNow;
     counters.flush(); // slots given back since the last message
-    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...(role === 'worker' ? facts() : {}) });
+    send({ t: 'hb', got: connectionsGot, elu: Math.round(elu * 1000) / 1000, cpu: Math.round(cpu * 1000) / 1000, ...facts() });
   }, HEARTBEAT_MS).unref();
 }
 

@@ -59,7 +59,9 @@ export class SpoolSet {
       // A spool of a worker this server does not run (it had more) is written by nobody, so nobody would report
       // its damaged records at start: its reader does, as it finds them (a worker's own reports them at its start).
       const orphan = this.#writers !== null && Number(n.slice('worker-'.length)) >= this.#writers.workers;
-      this.#workers.set(n, new Spool(join(this.root, n), orphan ? { readerLogger: this.#writers!.logger } : {}));
+      // The home spool's sync watch: a state write to any spool past its deadline holds back the others' (the same
+      // disk, as a rule), and is reported by the home spool's unconfirmedFor() (/readyz, the gauge).
+      this.#workers.set(n, new Spool(join(this.root, n), { syncs: this.home.syncs, ...(orphan ? { readerLogger: this.#writers!.logger } : {}) }));
     }
     return [this.home, ...this.#workers.values()];
   }

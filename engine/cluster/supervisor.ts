@@ -1093,7 +1093,7 @@ export class Supervisor {
           ? { ok: true } : { ok: false, detail: 'a listener is not bound' },
         processes: this.#processesCheck(),
         spool: spoolConfirmsWrites(this.#children.filter((c) => c.ready && c.proc?.connected && c.spoolUnconfirmedMs !== null)
-          .map((c) => ({ spool: c.kind === 'worker' ? `worker-${c.index}` : 'the queue process', ms: c.spoolUnconfirmedMs! })))
+          .map((c) => ({ spool: c.kind === 'worker' ? `worker-${c.index}` : 'the queue process', ms: c.spoolUnconfirmedMs!, deliveriesOnly: c.kind !== 'worker' })))
           ?? await spoolWritable(this.config.config.dataDir, this.config.config.spool),
         lock: this.#keepLock(),
         store: storeCheckOf(this.#children.find((c) => c.kind === 'worker' && c.ready && c.storeDown)?.storeDown ?? null, listener),
@@ -1271,7 +1271,11 @@ export class Supervisor {
       const proc = c.proc;
       if (!proc || proc.exitCode !== null) return undefined;
       return new Promise<void>((resolve) => {
-        const kill = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+        const kill = setTimeout(() => {
+          // Said: a process cut short at its stop may not have recorded what it did (a delivery's outcome).
+          this.log.error({ [c.kind]: c.index, childPid: proc.pid }, `${c.kind} ${c.kind === 'worker' ? `${c.index} ` : ''}did not end within 30 s of the stop: killed`);
+          proc.kill('SIGKILL');
+        }, 30_000);
         proc.once('exit', () => { clearTimeout(kill); resolve(); });
         // A child still starting may not listen to its IPC channel yet (a message then is lost): its signal
         // handler, or the default action, stops it.

@@ -48,6 +48,8 @@ export interface ScanEntry { id: string; hasState: boolean; held: boolean; dueRe
 const HOLD_BEFORE_COMMIT_GRACE_MS = 10 * 60_000;
 /** Due requests requestAttempts writes at once: enough to keep the thread pool's fsyncs busy, few open files. */
 const REQUESTS_AT_ONCE = 16;
+/** What a refusal of a bookkeeping write (a state, a due request) says: the caller keeps it and writes it again. */
+const NOT_RECORDED = 'not recorded yet, written again once the disk answers';
 
 export class Spool {
   readonly root: string;
@@ -57,9 +59,13 @@ export class Spool {
   /** Free space of the spool's filesystem (new mail is refused below `spool.minFreeBytes`). */
   readonly freeSpace: FreeSpace;
   /** How long a sync may take before its message is refused (`spool.syncDeadlineMs`: the server sets it, and at reloads). */
-  readonly syncDeadline: SyncDeadline = { ms: DEFAULT_SYNC_DEADLINE_MS };
-  /** The syncs that may refuse a message at their deadline: a large message's file, a hold (sync-deadline.ts). */
-  readonly syncs = new SyncWatch(this.syncDeadline);
+  readonly syncDeadline: SyncDeadline;
+  /**
+   * The syncs that may refuse their write at the deadline: a large message's file, a hold, a delivery state, a due
+   * request (sync-deadline.ts). Shared by the spools the queue process writes (SpoolSet): a hung state write of any
+   * of them is then one held thread of libuv's pool, not one per spool.
+   */
+  readonly syncs: SyncWatch;
   /** Room kept for the queue's bookkeeping on a full disk (reserve.ts); the queue runner keeps and uses it. */
   readonly reserve: SpoolReserve;
   readonly #dirSync: DirectorySyncer;
@@ -89,7 +95,9 @@ export class Spool {
    * `reserve`: the data folder's reserve file (default `<root>/reserve`): a worker's spool is refused new
    * mail while the queue runner uses it.
    */
-  constructor(root: string, opts: { journalSegmentBytes?: number; reserve?: string; readerLogger?: Logger } = {}) {
+  constructor(root: string, opts: { journalSegmentBytes?: number; reserve?: string; readerLogger?: Logger; syncs?: SyncWatch } = {}) {
+    this.syncs = opts.syncs ?? new SyncWatch({ ms: DEFAULT_SYNC_DEADLINE_MS });
+    this.syncDeadline = this.syncs.deadline;
     this.#segmentBytes = opts.journalSegmentBytes;
     this.#readerLogger = opts.readerLogger ?? null;
     this.root = root;
@@ -404,7 +412,10 @@ export class Spool {
 
   /** Record delivery progress atomically (write temp, fsync, rename, fsync directory). */
   async updateState(id: string, state: SpoolState): Promise<void> {
-    await this.#writeBeside(this.statePath(id), JSON.stringify(state));
+    // Bounded as a message's sync is: a disk that stopped answering held the attempt (and a thread of libuv's pool) for
+    // as long as it hung, unseen; enough such attempts took every thread, and the queue process stopped delivering.
+    const path = this.statePath(id);
+    await this.syncs.within(`the write of the delivery state ${path}`, () => this.#writeBeside(path, JSON.stringify(state)), NOT_RECORDED);
   }
 
   /**
@@ -423,7 +434,8 @@ export class Spool {
    * recorded its outcome in between (a recipient delivered) was undone, and that recipient sent to again.
    */
   async requestAttempt(id: string): Promise<void> {
-    await this.#writeBeside(this.dueRequestPath(id), `${new Date().toISOString()}\n`);
+    const path = this.dueRequestPath(id);
+    await this.syncs.within(`the write of ${path}`, () => this.#writeBeside(path, `${new Date().toISOString()}\n`), NOT_RECORDED);
   }
 
   /**
@@ -431,16 +443,19 @@ export class Spool {
    * into place as there, several at a time, then one directory sync for them all (not one per message: 50,000 of
    * them one after another took minutes). Once this resolves each request survives a power loss, as after
    * requestAttempt; a crash before leaves each message requested or not. Rejects with the first failure, once no
-   * write of the call is still running (a second call redoes them all).
+   * write of the call is still running or past the spool's sync deadline (a second call redoes them all).
    */
   async requestAttempts(ids: readonly string[]): Promise<void> {
     const at = `${new Date().toISOString()}\n`;
     for (let i = 0; i < ids.length; i += REQUESTS_AT_ONCE) {
-      const written = await Promise.allSettled(ids.slice(i, i + REQUESTS_AT_ONCE).map((id) => this.#writeBeside(this.dueRequestPath(id), at, false)));
+      const written = await Promise.allSettled(ids.slice(i, i + REQUESTS_AT_ONCE).map((id) => {
+        const path = this.dueRequestPath(id);
+        return this.syncs.within(`the write of ${path}`, () => this.#writeBeside(path, at, false), NOT_RECORDED);
+      }));
       const failed = written.find((r) => r.status === 'rejected');
       if (failed) throw failed.reason;
     }
-    if (ids.length) await this.#dirSync.sync();
+    if (ids.length) await this.syncs.within(`the sync of ${this.queueDir}`, () => this.#dirSync.sync(), NOT_RECORDED);
   }
 
   /** When an attempt now was asked for (null: it was not, or the queue runner took the request). */
@@ -557,6 +572,13 @@ export class Spool {
    * `hasState: false`: the caller knows there is no state file to remove.
    */
   async remove(id: string, opts: { hasState?: boolean } = {}): Promise<void> {
+    // Bounded as a state write is: its syncs (the done line's, the folder's) on a disk that stopped answering held the
+    // attempt, its place among those in flight and a thread of libuv's pool; as many as there are places, and the
+    // queue process attempted nothing more. Past the deadline the removal goes on, and the caller tries it again.
+    await this.syncs.within(`the removal of message ${id} from ${this.root}`, () => this.#remove(id, opts), NOT_RECORDED);
+  }
+
+  async #remove(id: string, opts: { hasState?: boolean }): Promise<void> {
     const journal = this.#readJournal(id);
     if (opts.hasState === false) {
       // Nothing else records its progress: a done mark lost in a power cut only means delivering it again.

@@ -16,12 +16,24 @@ export const DEFAULT_SYNC_DEADLINE_MS = 30_000;
 export const MIN_SYNC_DEADLINE_MS = 5_000;
 /** The most it takes: within the 10 minutes a client waits for the reply to its final dot, with room to spare. */
 export const MAX_SYNC_DEADLINE_MS = 300_000;
+/** Syncs past their deadline that have not returned, of every SyncWatch of this process (syncsHung). */
+let hungInProcess = 0;
+
+/**
+ * Whether a sync of this process is past its deadline and has not returned: process.exit() then waits for it (Node joins
+ * every thread of libuv's pool as it exits), for as long as the disk hangs. A one-shot command ends without that wait.
+ */
+export function syncsHung(): boolean { return hungInProcess > 0; }
+
 /** A spool's deadline, read at each sync: set from the configuration (and its reloads) by the server. */
 export interface SyncDeadline { ms: number }
 
-/** The refusal of a message whose write the disk has not confirmed for `ms` (`what`: the write). */
-export function notConfirmed(what: string, ms: number): Error {
-  return Object.assign(new Error(`the disk has not confirmed ${what} for ${Math.round(ms / 1000)} s (a disk or storage path that stopped answering?): the message is not kept`),
+/**
+ * The refusal of a write the disk has not confirmed for `ms` (`what`: the write; `consequence`: what becomes of what
+ * it was for).
+ */
+export function notConfirmed(what: string, ms: number, consequence = 'the message is not kept'): Error {
+  return Object.assign(new Error(`the disk has not confirmed ${what} for ${Math.round(ms / 1000)} s (a disk or storage path that stopped answering?): ${consequence}`),
     { code: 'ETIMEDOUT' });
 }
 
@@ -41,6 +53,9 @@ export class SyncWatch {
     this.#deadline = deadline;
   }
 
+  /** The deadline this watch reads at each sync (the spool's `syncDeadline`). */
+  get deadline(): SyncDeadline { return this.#deadline; }
+
   /** Syncs past their deadline that have not returned yet. */
   get hung(): number { return this.#hung; }
 
@@ -50,10 +65,10 @@ export class SyncWatch {
   /**
    * `sync()`, or its refusal (notConfirmed) once the deadline has passed without its answer; refused at once, and
    * not started, while an earlier one still hangs. The sync goes on: the caller makes sure that what it was for is
-   * not kept whichever way it ends.
+   * not kept whichever way it ends. `consequence`: what the refusal says becomes of what the write was for.
    */
-  within(what: string, sync: () => Promise<void>): Promise<void> {
-    if (this.#hung > 0) return Promise.reject(notConfirmed(`an earlier write (before ${what})`, performance.now() - this.#hungSince));
+  within(what: string, sync: () => Promise<void>, consequence?: string): Promise<void> {
+    if (this.#hung > 0) return Promise.reject(notConfirmed(`an earlier write (before ${what})`, performance.now() - this.#hungSince, consequence));
     const started = performance.now();
     const deadlineMs = this.#deadline.ms;
     let cancel = (): void => undefined;
@@ -64,12 +79,17 @@ export class SyncWatch {
     const deadline = new Promise<never>((_, reject) => {
       cancel = deadlineAfterReads(deadlineMs, () => {
         late = true;
+        hungInProcess++;
         if (this.#hung++ === 0) this.#hungSince = started;
-        reject(notConfirmed(what, deadlineMs));
+        reject(notConfirmed(what, deadlineMs, consequence));
       });
     });
     // Its failure after the deadline is no one's; returned at last, it no longer holds new syncs back.
-    void syncing.catch(() => undefined).finally(() => { if (late) this.#hung--; });
+    void syncing.catch(() => undefined).finally(() => {
+      if (!late) return;
+      this.#hung--;
+      hungInProcess--;
+    });
     return Promise.race([syncing, deadline]).finally(() => cancel());
   }
 }

@@ -24,6 +24,8 @@
  *                  ends so waits (a disk that stopped answering: a lost SAN or NFS path, a drive in endless
  *                  retries); once it is removed, the calls waiting go on and succeed. Each call that waits
  *                  appends a line to $POSTERN_DISK_FAULTS/fdatasync-hang.calls
+ *   fsync-hang     as fdatasync-hang, for fsync() of a file or folder whose path ends so (a journal's done list, a
+ *                  folder's entries); each call that waits appends a line to $POSTERN_DISK_FAULTS/fsync-hang.calls
  *   statfs-hang    as fdatasync-hang, for statfs() of a path that ends so (a network filesystem whose server stopped
  *                  answering: a hard NFS mount waits in every call that asks the server); each call that waits
  *                  appends a line to $POSTERN_DISK_FAULTS/statfs-hang.calls
@@ -225,6 +227,11 @@ int fsync(int fd) {
   if (claim_on("fsync-queue-eio", fd, "/queue")) { errno = EIO; return -1; }
   if (claim_any("fsync-eio", fd, NULL)) { errno = EIO; return -1; }
   if (claim_any("fsync-kill", fd, NULL)) kill(getpid(), SIGKILL);
+  if (hanging("fsync-hang", fd)) {
+    note_hung_call("fsync-hang");
+    char trigger[PATH_MAX], suffix[PATH_MAX];
+    while (armed_suffix("fsync-hang", trigger, suffix)) usleep(10000);
+  }
   WALKED("fsync", fd, NULL, int, real(fd));
 }
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio' | 'open-watchdog-emfile' | 'socket-emfile';
 /** Faults on any file: armed with the end of the path they are for (see the C file). */
-export type FileFault = 'fsync-eio' | 'fsync-kill' | 'rename-kill' | 'rename-stop' | 'open-stop' | 'write-short' | 'mkdir-swap' | 'fdatasync-hang' | 'statfs-hang';
+export type FileFault = 'fsync-eio' | 'fsync-kill' | 'rename-kill' | 'rename-stop' | 'open-stop' | 'write-short' | 'mkdir-swap' | 'fdatasync-hang' | 'fsync-hang' | 'statfs-hang';
 
 export interface DiskFaults {
   /** Environment for the server: the library preloaded, the folder of armed faults. */
@@ -20,10 +20,10 @@ export interface DiskFaults {
   armFor(fault: FileFault, pathEnd: string): void;
   /** The folder `pathEnd` made next is swapped for a symbolic link to `target` (the mkdir-swap fault). */
   swapFolder(pathEnd: string, target: string): void;
-  /** The fault is no longer armed: for `fdatasync-hang` and `statfs-hang`, the disk answers again (the calls waiting go on). */
+  /** The fault is no longer armed: for `fdatasync-hang`, `fsync-hang` and `statfs-hang`, the disk answers again (the calls waiting go on). */
   disarm(fault: DiskFault | FileFault): void;
-  /** Calls that have waited in a fault that holds (`fdatasync-hang`, `statfs-hang`), in every process of the server. */
-  hungCalls(fault: 'fdatasync-hang' | 'statfs-hang'): number;
+  /** Calls that have waited in a fault that holds (`fdatasync-hang`, `fsync-hang`, `statfs-hang`), in every process of the server. */
+  hungCalls(fault: 'fdatasync-hang' | 'fsync-hang' | 'statfs-hang'): number;
   /** Whether an armed fault has been taken. */
   taken(fault: DiskFault | FileFault): boolean;
 }
