@@ -103,7 +103,7 @@ export class PooledConnection {
       _createSendStream(cb: unknown): NodeJS.ReadableStream; _envelope?: { size?: number };
       _actionDATA(str: string, cb: (err: Error | null) => void): void; _formatError(message: string, code: string, response: string, command: string): Error;
       _actionSMTPStream(str: string, cb: (err: Error | null, info?: unknown) => void): void;
-      _onData(chunk: Buffer): void; _responseQueue?: unknown[];
+      _onData(chunk: Buffer): void; _responseQueue?: unknown[]; _remainder?: string;
     };
     // nodemailer sends the message after a 2yz reply to DATA as well as after 354. A 2yz is no go-ahead (RFC 5321
     // §4.3.2): the next hop is not taking a message, and would read its lines as commands (a RCPT TO in the body
@@ -121,11 +121,12 @@ export class PooledConnection {
     // though the next hop had not seen its end. Such a reply fails the transaction (EEARLYREPLY), and the connection
     // is not used again; a refusal (4yz, 5yz) sent before the end, as by a next hop that will not read a message too
     // large, is still its verdict.
+    // Any byte but blanks (nodemailer skips blank lines between replies) counts, a line's end or not: a reply begun
+    // before the end and finished after it (its line completed once the message was out) is as early.
     let bodyGoingOut = false;
     const onData = internals._onData.bind(conn);
     internals._onData = (chunk) => {
-      // A line with something on it (nodemailer skips blank lines between replies).
-      if (bodyGoingOut && chunk.includes(0x0a) && /\S/.test(chunk.toString('latin1'))) this.#replyBeforeEnd = true;
+      if (bodyGoingOut && /\S/.test(chunk.toString('latin1'))) this.#replyBeforeEnd = true;
       onData(chunk);
     };
     const actionStream = internals._actionSMTPStream.bind(conn);
@@ -136,8 +137,9 @@ export class PooledConnection {
     const createSendStream = internals._createSendStream.bind(conn);
     internals._createSendStream = (cb) => {
       const stream = createSendStream(cb);
-      // Lines read after the 354 and not processed yet came before any of the message.
-      this.#replyBeforeEnd = (internals._responseQueue ?? []).some((line) => /\S/.test(String(line)));
+      // What was read after the 354 and not processed yet came before any of the message: whole lines, and the
+      // start of one (nodemailer keeps it apart until its line ends).
+      this.#replyBeforeEnd = [...(internals._responseQueue ?? []), internals._remainder ?? ''].some((line) => /\S/.test(String(line)));
       bodyGoingOut = true;
       deadline?.bodyStarted(internals._envelope?.size ?? 0);
       stream.once('end', () => { this.endOfDataSent = true; bodyGoingOut = false; deadline?.bodyEnded(); });

@@ -75,3 +75,38 @@ test('a blank line after the 354 is no reply: the verdict after the final dot co
     blank.close();
   }
 });
+
+test('a 250 begun before the message and finished after its final dot is no verdict either: deferred', async () => {
+  // Its first bytes come with the 354, the rest of its line only once the whole message is in: nodemailer holds the
+  // unfinished line apart from its replies, and only completes it after the final dot went out.
+  let ends = 0;
+  const split = await startScriptedPeer({
+    data: (s) => {
+      s.write('354 go on\r\n250 2.0.0 queued as SPL');
+      let buf = '';
+      s.removeAllListeners('data');
+      s.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        if (buf.includes('\r\n.\r\n')) { buf = ''; ends++; s.write('IT\r\n'); }
+      });
+      return 'stop';
+    },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: split.port }, tls: { mode: 'none' }, retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({ 'dest.test': [{ exchange: 'mx.dest.test', priority: 10 }] }, { 'mx.dest.test': ['127.0.0.1'] }),
+  });
+  try {
+    const id = await s.send('a@origin.test', ['b@dest.test']);
+    const e = await s.nextAttempt((x) => x.id === id, { past: true, timeoutMs: 60_000 });
+    assert.equal(e.outcomes[0]!.status, 'temporary', e.outcomes[0]!.reply);
+    assert.match(e.outcomes[0]!.reply, /queued as SPL.*before the end of the message/);
+  } finally {
+    await s.stop();
+    split.close();
+  }
+});
