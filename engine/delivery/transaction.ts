@@ -217,7 +217,13 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
     }
     // A backlog already waits for this destination (a slow one): waiting behind it would hold the queue
     // runner's slot, which other destinations' mail needs (the runner sets this message aside instead).
-    if (env.perDestination.backlogged(destination)) return result(busy(tx, destination));
+    if (env.perDestination.backlogged(destination)) {
+      // Unless a next hop already answered in this transaction (earlier): then it was an attempt, its replies the
+      // deferral's. Marked busy (not tried), they were set aside uncounted and unrecorded, never bounced at
+      // maxAgeHours however long a greylisting first MX deferred them while its backup had a backlog.
+      if (!earlier.size) return result(busy(tx, destination));
+      continue;
+    }
     const releaseDestination = await env.perDestination.acquire(destination);
     const releaseOverall = await env.overall.acquire(tx.id); // taking turns with the other messages waiting (limiter.ts)
     // Every connection to this destination failed before it was in session, none over TLS: it is unreachable.
