@@ -110,3 +110,43 @@ test('a 250 begun before the message and finished after its final dot is no verd
     split.close();
   }
 });
+
+test('a 250 begun while the message goes out, its line ended after the final dot: deferred', async () => {
+  // The peer stops reading at the message's first bytes and sends the start of a reply: the message (far more than
+  // the sockets' buffers hold) cannot be all out before that start is read. Its line ends once the message is in.
+  const midway = await startScriptedPeer({
+    data: (s) => {
+      s.write('354 go on\r\n');
+      let buf = '';
+      let begun = false;
+      s.removeAllListeners('data');
+      s.on('data', (d: Buffer) => {
+        if (!begun) {
+          begun = true;
+          s.pause();
+          s.write('250 2.0.0 queued as MID', () => setTimeout(() => s.resume(), 100));
+        }
+        buf = (buf + d.toString('latin1')).slice(-5);
+        if (buf.endsWith('\r\n.\r\n')) s.write('WAY\r\n');
+      });
+      return 'stop';
+    },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: midway.port }, tls: { mode: 'none' }, retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({ 'dest.test': [{ exchange: 'mx.dest.test', priority: 10 }] }, { 'mx.dest.test': ['127.0.0.1'] }),
+  });
+  try {
+    const id = await s.send('a@origin.test', ['b@dest.test'], `Subject: midway\r\n\r\n${'line of the message\r\n'.repeat(600_000)}`);
+    const e = await s.nextAttempt((x) => x.id === id, { past: true, timeoutMs: 60_000 });
+    assert.equal(e.outcomes[0]!.status, 'temporary', e.outcomes[0]!.reply);
+    assert.match(e.outcomes[0]!.reply, /queued as MIDWAY.*before the end of the message/);
+  } finally {
+    await s.stop();
+    midway.close();
+  }
+});
