@@ -328,11 +328,22 @@ function goOn(tx: Transaction, r: Round, rest: string[], earlier: Map<string, Re
   return { ...tx, to: tx.to.filter((t) => rest.includes(t)) };
 }
 
-/** `r`, a round for some of `all`'s recipients, with the outcomes `earlier` next hops gave the others, in `all`'s order. */
+/**
+ * `r`, a round for some of `all`'s recipients, with the outcomes `earlier` next hops gave the others, in `all`'s order.
+ * An earlier next hop's temporary reply stands against a later one's permanent failure that is our own judgement of
+ * that host (no 8BITMIME or SMTPUTF8, a SIZE below the message: not a reply of it). That failure bounced mail a
+ * greylisting first MX would have taken at the retry, for want of what only its backup lacked.
+ */
 function withEarlier(all: Transaction, earlier: Map<string, RecipientOutcome>, r: Round): Round {
   if (!earlier.size) return r;
   const now = new Map(r.outcomes.map((o) => [o.recipient, o]));
-  return { ...r, outcomes: all.to.map((t) => now.get(t) ?? earlier.get(t)!) };
+  const last = (t: string): RecipientOutcome => {
+    const o = now.get(t);
+    const before = earlier.get(t);
+    if (!o) return before!;
+    return before?.status === 'temporary' && o.status === 'permanent' && !o.remoteReply ? before : o;
+  };
+  return { ...r, outcomes: all.to.map(last) };
 }
 
 /**
