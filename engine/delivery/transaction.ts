@@ -185,12 +185,15 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
   // Outcomes from next hops that failed the transaction before the message (nextHopMayTry): the ones they failed
   // temporarily are tried at the next address or MX host; the last word on each recipient is kept for the result.
   const earlier = new Map<string, RecipientOutcome>();
-  const result = (r: Round, hop?: NextHop): Round => withEarlier(all, earlier, hop ? { ...r, hop } : r);
   let last: DeliveryFailure | null = null;
+  // The last failure of the hosts before this one (not of this host's other addresses: that host's limits are its own).
+  let hostBeforeFailed: DeliveryFailure | null = null;
+  const result = (r: Round, hop?: NextHop): Round => withEarlier(all, earlier, hop ? { ...r, hop } : r, hostBeforeFailed);
   let sessions = 0;
   let tries = 0;
   let lookups = 0;
   for (const [index, hop] of plan.hops.entries()) {
+    hostBeforeFailed = last;
     if (tries >= MAX_CONNECT_TRIES) break;
     const destination = `${hop.host}:${hop.port}`;
     const suspended = env.suspensions.failure(destination);
@@ -307,7 +310,7 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
   }
   // What a next hop said to a recipient it failed before the message tells more than a later host's failure to connect.
   const fallback = everyone(tx, last ?? new DeliveryFailure('no next hop could be reached', { permanent: false, enhanced: '4.4.1' }));
-  return withEarlier(all, earlier, { ...fallback, outcomes: fallback.outcomes.map((o) => earlier.get(o.recipient) ?? o) });
+  return withEarlier(all, earlier, { ...fallback, outcomes: fallback.outcomes.map((o) => earlier.get(o.recipient) ?? o) }, null);
 }
 
 /**
@@ -330,17 +333,19 @@ function goOn(tx: Transaction, r: Round, rest: string[], earlier: Map<string, Re
 
 /**
  * `r`, a round for some of `all`'s recipients, with the outcomes `earlier` next hops gave the others, in `all`'s order.
- * An earlier next hop's temporary reply stands against a later one's permanent failure that is our own judgement of
- * that host (no 8BITMIME or SMTPUTF8, a SIZE below the message: not a reply of it). That failure bounced mail a
- * greylisting first MX would have taken at the retry, for want of what only its backup lacked.
+ * An earlier next hop's temporary failure (its reply in `earlier`, or `failedBefore`: a connection that failed, a
+ * 4xx to EHLO) stands against a later one's permanent failure that is our own judgement of that host (no 8BITMIME or
+ * SMTPUTF8, a SIZE below the message: not a reply of it). That failure bounced mail a greylisting or briefly
+ * unreachable first MX would have taken at the retry, for want of what only its backup lacked.
  */
-function withEarlier(all: Transaction, earlier: Map<string, RecipientOutcome>, r: Round): Round {
-  if (!earlier.size) return r;
+function withEarlier(all: Transaction, earlier: Map<string, RecipientOutcome>, r: Round, failedBefore: DeliveryFailure | null): Round {
+  const temporaryBefore = failedBefore && !failedBefore.permanent ? failedBefore : null;
+  if (!earlier.size && !temporaryBefore) return r;
   const now = new Map(r.outcomes.map((o) => [o.recipient, o]));
   const last = (t: string): RecipientOutcome => {
     const o = now.get(t);
-    const before = earlier.get(t);
-    if (!o) return before!;
+    if (!o) return earlier.get(t)!;
+    const before = earlier.get(t) ?? (temporaryBefore ? outcomeForFailure(t, temporaryBefore) : undefined);
     return before?.status === 'temporary' && o.status === 'permanent' && !o.remoteReply ? before : o;
   };
   return { ...r, outcomes: all.to.map(last) };
