@@ -478,7 +478,11 @@ async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transacti
         ? `${remote}: malformed reply to the end of the message (${oneLine(e.response)})`
         : `${remote}: lost connection after the end of the message, before its reply (${e.message})`);
     }
-    const reusable = !!e.responseCode && (e.code === 'EENVELOPE' || e.code === 'EMESSAGE') && e.responseCode !== 421 && await pc.reset();
+    // A refusal read while the message was still going out (sent before its end): an RSET now went onto the socket
+    // inside the message's data, and its reply was awaited from a next hop reading it as a line of the message. Such
+    // a connection is closed instead, before the final dot (the next hop then has no copy).
+    const refusedMidMessage = e.code === 'EMESSAGE' && !pc.endOfDataSent;
+    const reusable = !!e.responseCode && (e.code === 'EENVELOPE' || e.code === 'EMESSAGE') && e.responseCode !== 421 && !refusedMidMessage && await pc.reset();
     env.pool.release(pc, reusable);
     const rejected = e.command === 'MAIL FROM' ? [] : e.rejectedErrors ?? pending?.rejectedErrors ?? [];
     const tooMany = rejected.filter((re) => re.recipient && tx.to.includes(re.recipient) && isTooManyRecipients(re)).map((re) => re.recipient!);

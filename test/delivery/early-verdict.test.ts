@@ -150,3 +150,42 @@ test('a 250 begun while the message goes out, its line ended after the final dot
     midway.close();
   }
 });
+
+test('a refusal before the end of the message: no RSET written into the message still going out, the connection closed', async () => {
+  // A next hop that refuses with the 354 (a message it will not take) and reads on. The RSET after the failed
+  // transaction went onto the socket in the middle of the message's data, and its reply was awaited (up to
+  // endOfDataTimeoutMs) from a next hop that read it as a line of the message.
+  let received = '';
+  let over = false;
+  const refusing = await startScriptedPeer({
+    data: (s) => {
+      s.write('354 go on\r\n552 5.3.4 message too big for me\r\n');
+      s.removeAllListeners('data');
+      // Not read for a while: the message cannot be all out before the refusal is read.
+      s.pause();
+      setTimeout(() => s.resume(), 300);
+      s.on('data', (d: Buffer) => { received += d.toString('latin1'); if (received.includes('\r\n.\r\n')) over = true; });
+      s.on('close', () => { over = true; });
+      return 'stop';
+    },
+  });
+  const s = await startDeliveryServer({
+    config: configYaml({
+      listeners: [testListener('in')],
+      delivery: { enabled: true, route: { mx: true, port: refusing.port }, tls: { mode: 'none' }, retrySchedule: [3600] },
+    }),
+    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    resolver: fakeResolver({ 'dest.test': [{ exchange: 'mx.dest.test', priority: 10 }] }, { 'mx.dest.test': ['127.0.0.1'] }),
+  });
+  try {
+    const id = await s.send('a@origin.test', ['b@dest.test'], `Subject: big\r\n\r\n${'line of the message\r\n'.repeat(600_000)}`);
+    await until('the message ended or the connection closed', () => over, { timeoutMs: 60_000 });
+    assert.ok(!/RSET/.test(received), 'no command inside the message');
+    const e = await s.nextAttempt((x) => x.id === id, { past: true, timeoutMs: 60_000 });
+    assert.equal(e.outcomes[0]!.status, 'permanent', e.outcomes[0]!.reply);
+    assert.match(e.outcomes[0]!.reply, /552 5\.3\.4/);
+  } finally {
+    await s.stop();
+    refusing.close();
+  }
+});
