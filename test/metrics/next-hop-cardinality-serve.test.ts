@@ -23,7 +23,10 @@ let c: ClusterProcess | undefined;
 after(() => c?.stop());
 
 test('next_hop keeps at most 100 values in the scrape of postern serve, its queue process replaced included', { timeout: 300_000 }, async () => {
-  const base = await freePort(); // next hops on base+1 … base+300: nothing listens there, each attempt is deferred
+  // Next hops 127.0.0.2 … 127.0.1.45, all on this claimed port: nothing listens there, each attempt is deferred. (Ports
+  // base+1 … base+300 before: unclaimed, another test's server took one in a fresh-clone run, answered, and its
+  // recipient bounced, one outcome too many.)
+  const base = await freePort();
   const domains = Array.from({ length: 2 * PER_ROUND }, (_, n) => `d${n}.example`);
   c = await startCluster({
     config: `
@@ -43,7 +46,8 @@ delivery:
 `,
     scripts: {
       'predelivery.ts': `export default function predelivery(ctx: PredeliveryContext): PredeliveryVerdict {
-  return deliver({ host: '127.0.0.1', port: ${base} + 1 + Number(/^d(\\d+)\\./.exec(ctx.destination.domain)![1]) });
+  const n = 2 + Number(/^d(\\d+)\\./.exec(ctx.destination.domain)![1]);
+  return deliver({ host: \`127.0.\${Math.floor(n / 256)}.\${n % 256}\`, port: ${base} });
 }`,
     },
   });

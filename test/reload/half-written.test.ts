@@ -49,8 +49,9 @@ test('postern serve: a blocklist emptied then written in parts with pauses is no
     await writeFile(table, ''); // `generator > blocked`: emptied at once
     assert.equal(await heldOrTaken(1, 'the emptied table'), 'held', 'the emptied table became the running generation');
     assert.equal(await mailFrom(c, 'spam7@example.test'), 550, 'the old blocklist still answers');
-    const waiting = (await c.cluster()).reload as { settling?: string[] | null };
-    assert.match(String(waiting.settling?.[0]), /blocked \(\d+ → 0 bytes\)/);
+    // cluster.json is written after the log line (on a loaded machine it was read between the two): waited for.
+    const settling = await c.waitFor('the wait in cluster.json', async () => ((await c.cluster()).reload as { settling?: string[] | null }).settling?.[0]);
+    assert.match(String(settling), /blocked \(\d+ → 0 bytes\)/);
     const status = await runCli(['status', '-c', join(c.dir, 'postern.yaml')]);
     assert.match(String((JSON.parse(status.stdout) as { summary?: string }).summary), /waiting for .*blocked .* to settle before reloading/, status.stdout);
 
