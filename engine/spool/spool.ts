@@ -164,6 +164,12 @@ export class Spool {
    * without returning, or null: while one hangs, the disk cannot confirm any write of this spool, and new mail is
    * refused before it is sent (engine/smtp/runtime.ts).
    */
+  /**
+   * Settles once the writes bounded by the spool's sync deadline (a delivery state, a due request, a removal) are
+   * confirmed again: every one past the deadline has returned (at once when none has hung).
+   */
+  writesConfirmed(): Promise<void> { return this.syncs.answered(); }
+
   unconfirmedFor(now = performance.now()): number | null {
     const since = Math.min(this.#journal?.hungSince() ?? Infinity, this.syncs.hungSince ?? Infinity);
     return since === Infinity ? null : now - since;
