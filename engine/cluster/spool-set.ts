@@ -183,7 +183,7 @@ export class SpoolSet {
   async release(id: string): Promise<boolean> { return (await this.#of(id)).release(id); }
   async isHeld(id: string): Promise<boolean> { return (await this.#of(id)).isHeld(id); }
   /** Spool.writesConfirmed: the worker spools share the home spool's sync watch. */
-  writesConfirmed(): Promise<void> { return this.home.writesConfirmed(); }
+  writesConfirmed(): Promise<void> | null { return this.home.writesConfirmed(); }
     async requestAttempt(id: string): Promise<void> { return (await this.#of(id)).requestAttempt(id); }
   /** Spool.requestAttempts for messages of any of the spools: one directory sync per spool. */
   async requestAttempts(ids: readonly string[]): Promise<void> {

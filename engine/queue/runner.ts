@@ -51,6 +51,11 @@ const MAX_ERRORS = 20;
  * a message would move 21 minutes after it came instead of 6).
  */
 const MOVE_OUT_OF_JOURNAL_AFTER = 2;
+/**
+ * How long after its start a stop waits for a disk that does not confirm writes, to record the outcomes kept in memory:
+ * within the supervisor's 30 s before it kills a child that has not ended, with room to write them.
+ */
+const STOP_DISK_WAIT_MS = 20_000;
 
 
 export interface QueueRunnerOptions {
@@ -1103,6 +1108,7 @@ export class QueueRunner {
 
   /** Stop: no new attempts, connections closed, running attempts settled (their progress recorded). */
   async close(): Promise<void> {
+    const began = performance.now();
     this.#closing = true;
     if (this.#scanTimer) clearTimeout(this.#scanTimer);
     if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
@@ -1112,8 +1118,25 @@ export class QueueRunner {
     await this.#scanning;
     await Promise.allSettled([...this.#active.values()]);
     await this.#reserving;
+    await this.#diskAnswersBeforeStop(began);
     await this.#writeUnrecorded();
     this.#pool.close();
+  }
+
+  /**
+   * Outcomes kept in memory while the disk does not confirm writes: the stop waits for it to answer, within
+   * STOP_DISK_WAIT_MS of its start. Refused at once, they were dropped with the process (it ends without waiting for a
+   * hung sync), and a disk that answered seconds later (a storage path's failover) sent their delivered recipients
+   * again after the restart.
+   */
+  async #diskAnswersBeforeStop(began: number): Promise<void> {
+    const answered = this.#unrecorded.size ? this.#spool.writesConfirmed() : null;
+    const waitMs = began + STOP_DISK_WAIT_MS - performance.now();
+    if (!answered || waitMs <= 0) return;
+    this.#log.warn({ outcomes: this.#unrecorded.size, waitMs: Math.round(waitMs) }, `stopping: the outcomes of ${this.#unrecorded.size} delivery attempts are not recorded yet (the disk does not confirm writes): waiting up to ${Math.round(waitMs / 1000)} s for it to answer`);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([answered, new Promise<void>((resolve) => { timer = setTimeout(resolve, waitMs); })]);
+    clearTimeout(timer);
   }
 
   /**
@@ -1161,7 +1184,7 @@ export class QueueRunner {
   #recordOnceDiskAnswers(): void {
     if (this.#awaitingDisk) return;
     this.#awaitingDisk = true;
-    void this.#spool.writesConfirmed().then(() => {
+    void (this.#spool.writesConfirmed() ?? Promise.resolve()).then(() => {
       this.#awaitingDisk = false;
       if (this.#closing) return; // close() writes them
       for (const id of [...this.#unrecorded.keys()]) {

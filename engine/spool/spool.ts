@@ -166,9 +166,9 @@ export class Spool {
    */
   /**
    * Settles once the writes bounded by the spool's sync deadline (a delivery state, a due request, a removal) are
-   * confirmed again: every one past the deadline has returned (at once when none has hung).
+   * confirmed again: every one past the deadline has returned. null while none is past its deadline.
    */
-  writesConfirmed(): Promise<void> { return this.syncs.answered(); }
+  writesConfirmed(): Promise<void> | null { return this.syncs.answered(); }
 
   unconfirmedFor(now = performance.now()): number | null {
     const since = Math.min(this.#journal?.hungSince() ?? Infinity, this.syncs.hungSince ?? Infinity);

@@ -70,11 +70,11 @@ export class SyncWatch {
   get hungSince(): number | null { return this.#hung > 0 ? this.#hungSince : null; }
 
   /**
-   * Settles once every sync past its deadline has returned (at once when none is): the disk answers again, and what
-   * was refused meanwhile can be written.
+   * Settles once every sync past its deadline has returned: the disk answers again, and what was refused meanwhile can
+   * be written. null while none is past its deadline.
    */
-  answered(): Promise<void> {
-    if (this.#hung === 0) return Promise.resolve();
+  answered(): Promise<void> | null {
+    if (this.#hung === 0) return null;
     if (!this.#answered) {
       let resolve = (): void => undefined;
       const promise = new Promise<void>((r) => { resolve = r; });
