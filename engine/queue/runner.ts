@@ -1184,24 +1184,28 @@ export class QueueRunner {
   #recordOnceDiskAnswers(): void {
     if (this.#awaitingDisk) return;
     this.#awaitingDisk = true;
-    void (this.#spool.writesConfirmed() ?? Promise.resolve()).then(() => {
+    void (this.#spool.writesConfirmed() ?? Promise.resolve()).then(async () => {
       this.#awaitingDisk = false;
-      if (this.#closing) return; // close() writes them
+      // One after another, as at a stop: thousands at once (a long hang under load) took as many files and threads.
       for (const id of [...this.#unrecorded.keys()]) {
+        if (this.#closing) return; // close() writes the rest
         if (this.#active.has(id)) continue; // its attempt under way records it
-        const run = this.#writeOneUnrecorded(id)
-          .catch((err: unknown) => {
-            // Refused again (the disk stopped answering again): when it answers; otherwise at the message's next attempt.
-            if (isUnconfirmed(err)) this.#recordOnceDiskAnswers();
-            this.#log.warn({ id, err }, `${id}: cannot record the outcome of its last attempt yet, now that the disk answers: kept in memory, written at its next attempt`);
-          })
-          .then(() => {
-            this.#active.delete(id);
-            // Made due while its outcome was written: attempted now.
-            if (this.#dueAfterAttempt.delete(id) && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
-            this.#kick();
-          });
+        let refused = false;
+        const run = this.#writeOneUnrecorded(id).catch((err: unknown) => {
+          // Refused again (the disk stopped answering again): when it answers; otherwise at the message's next attempt.
+          refused = isUnconfirmed(err);
+          this.#log.warn({ id, err }, `${id}: cannot record the outcome of its last attempt yet, now that the disk answers: kept in memory, written at its next attempt`);
+        });
         this.#active.set(id, run);
+        await run;
+        this.#active.delete(id);
+        // Made due while its outcome was written: attempted now.
+        if (this.#dueAfterAttempt.delete(id) && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
+        this.#kick();
+        if (refused) {
+          this.#recordOnceDiskAnswers();
+          return;
+        }
       }
     });
   }
