@@ -182,7 +182,9 @@ export class SpoolSet {
   async hold(id: string, hold: SpoolHold): Promise<void> { return (await this.#of(id)).hold(id, hold); }
   async release(id: string): Promise<boolean> { return (await this.#of(id)).release(id); }
   async isHeld(id: string): Promise<boolean> { return (await this.#of(id)).isHeld(id); }
-  async requestAttempt(id: string): Promise<void> { return (await this.#of(id)).requestAttempt(id); }
+  /** Spool.writesConfirmed: the worker spools share the home spool's sync watch. */
+  writesConfirmed(): Promise<void> | null { return this.home.writesConfirmed(); }
+    async requestAttempt(id: string): Promise<void> { return (await this.#of(id)).requestAttempt(id); }
   /** Spool.requestAttempts for messages of any of the spools: one directory sync per spool. */
   async requestAttempts(ids: readonly string[]): Promise<void> {
     const bySpool = new Map<Spool, string[]>();
@@ -211,4 +213,4 @@ export class SpoolSet {
 /** What the queue runner, bounces and `postern queue` need of a spool: a Spool or a SpoolSet. */
 export type QueueSpool = Pick<SpoolSet, 'reserve' | 'freeSpace' | 'newId' | 'create' | 'hasNotice' | 'scan' | 'list' | 'requestRescan' | 'rescanStamp' | 'has'
   | 'readState' | 'readEnvelope' | 'readMessage' | 'fileBytes' | 'readForDelivery' | 'updateState' | 'moveOutOfJournal' | 'remove'
-  | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds' | 'requestAttempt' | 'requestAttempts' | 'readDueRequest' | 'clearDueRequest'>;
+  | 'hold' | 'release' | 'isHeld' | 'readHold' | 'heldIds' | 'requestAttempt' | 'requestAttempts' | 'readDueRequest' | 'clearDueRequest' | 'writesConfirmed'>;

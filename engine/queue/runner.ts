@@ -7,6 +7,7 @@ import { MAX_HOPS } from '../smtp/hop-limit.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import type { DeliveryConfig } from '../config/schema.ts';
 import { Spool } from '../spool/spool.ts';
+import { isUnconfirmed } from '../spool/sync-deadline.ts';
 import type { QueueSpool } from '../cluster/spool-set.ts';
 import type { SpoolEnvelope, SpoolRecipient, SpoolState } from '../spool/envelope.ts';
 import type { PredeliveryContext } from '../sandbox/api/index.ts';
@@ -50,6 +51,11 @@ const MAX_ERRORS = 20;
  * a message would move 21 minutes after it came instead of 6).
  */
 const MOVE_OUT_OF_JOURNAL_AFTER = 2;
+/**
+ * How long after its start a stop waits for a disk that does not confirm writes, to record the outcomes kept in memory:
+ * within the supervisor's 30 s before it kills a child that has not ended, with room to write them.
+ */
+const STOP_DISK_WAIT_MS = 20_000;
 
 
 export interface QueueRunnerOptions {
@@ -118,6 +124,8 @@ export class QueueRunner {
    * again because its bookkeeping failed. Laid over the spooled state until a later try writes it.
    */
   readonly #unrecorded = new Map<string, SpoolState>();
+  /** Waiting for the disk to confirm writes again, to write #unrecorded then (#recordOnceDiskAnswers). */
+  #awaitingDisk = false;
   readonly #pool = new ConnectionPool();
   readonly #material = new OutboundTlsMaterial();
   readonly #dkim = new DkimKeys();
@@ -493,6 +501,7 @@ export class QueueRunner {
       const run = this.#attempt(id)
         .catch((err: unknown) => {
           this.#log.error({ id, err }, 'delivery attempt failed');
+          if (isUnconfirmed(err) && this.#unrecorded.has(id)) this.#recordOnceDiskAnswers();
           const now = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(this.#delivery(), 1);
           if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + now));
         })
@@ -1019,6 +1028,7 @@ export class QueueRunner {
       // Delivered or bounced is final even if the disk cannot say so yet: remembered here, written later.
       this.#unrecorded.set(id, state);
       this.#log.error({ id, err }, 'cannot record the outcome of a delivery attempt in the spool; kept in memory and retried, no recipient is sent to twice');
+      if (isUnconfirmed(err)) this.#recordOnceDiskAnswers();
       // A full disk: with the reserve's room, recorded at once.
       const wait = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(delivery, 1);
       if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
@@ -1098,6 +1108,7 @@ export class QueueRunner {
 
   /** Stop: no new attempts, connections closed, running attempts settled (their progress recorded). */
   async close(): Promise<void> {
+    const began = performance.now();
     this.#closing = true;
     if (this.#scanTimer) clearTimeout(this.#scanTimer);
     if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
@@ -1107,8 +1118,25 @@ export class QueueRunner {
     await this.#scanning;
     await Promise.allSettled([...this.#active.values()]);
     await this.#reserving;
+    await this.#diskAnswersBeforeStop(began);
     await this.#writeUnrecorded();
     this.#pool.close();
+  }
+
+  /**
+   * Outcomes kept in memory while the disk does not confirm writes: the stop waits for it to answer, within
+   * STOP_DISK_WAIT_MS of its start. Refused at once, they were dropped with the process (it ends without waiting for a
+   * hung sync), and a disk that answered seconds later (a storage path's failover) sent their delivered recipients
+   * again after the restart.
+   */
+  async #diskAnswersBeforeStop(began: number): Promise<void> {
+    const answered = this.#unrecorded.size ? this.#spool.writesConfirmed() : null;
+    const waitMs = began + STOP_DISK_WAIT_MS - performance.now();
+    if (!answered || waitMs <= 0) return;
+    this.#log.warn({ outcomes: this.#unrecorded.size, waitMs: Math.round(waitMs) }, `stopping: the outcomes of ${this.#unrecorded.size} delivery attempts are not recorded yet (the disk does not confirm writes): waiting up to ${Math.round(waitMs / 1000)} s for it to answer`);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([answered, new Promise<void>((resolve) => { timer = setTimeout(resolve, waitMs); })]);
+    clearTimeout(timer);
   }
 
   /**
@@ -1117,25 +1145,69 @@ export class QueueRunner {
    * accepted got a second copy without any crash. One that still cannot be written is said, with what follows.
    */
   async #writeUnrecorded(): Promise<void> {
-    for (const [id, state] of [...this.#unrecorded]) {
-      const write = async (): Promise<void> => {
-        if (state.recipients.every((r) => r.status)) {
-          await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
-          return;
-        }
-        await this.#spool.updateState(id, state);
-        if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
-      };
+    for (const id of [...this.#unrecorded.keys()]) {
       try {
-        await write().catch(async (err: unknown) => {
-          if (!isNoSpace(err) || !this.#useReserve()) throw err;
-          await write(); // with the reserve's room
-        });
-        this.#unrecorded.delete(id);
+        await this.#writeOneUnrecorded(id);
       } catch (err) {
         this.#log.error({ id, err }, `${id}: cannot record the outcome of its last attempt before stopping: the recipients it delivered may be sent to again after the next start`);
       }
     }
+  }
+
+  /** The outcome of `id` kept in memory, written (with the reserve's room on a full disk); then no longer kept. */
+  async #writeOneUnrecorded(id: string): Promise<void> {
+    const state = this.#unrecorded.get(id);
+    if (!state) return;
+    const write = async (): Promise<void> => {
+      if (state.recipients.every((r) => r.status)) {
+        await this.#spool.remove(id, { hasState: !this.#noState.has(id) });
+        return;
+      }
+      await this.#spool.updateState(id, state);
+      this.#noState.delete(id);
+      if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
+    };
+    await write().catch(async (err: unknown) => {
+      if (!isNoSpace(err) || !this.#useReserve()) throw err;
+      await write(); // with the reserve's room
+    });
+    if (this.#unrecorded.get(id) === state) this.#unrecorded.delete(id);
+  }
+
+  /**
+   * Outcomes refused because the disk did not confirm writes (spool.syncDeadlineMs): written as soon as it does again.
+   * Left for each message's next attempt (the first retry step later: 5 minutes by default, more after each refused
+   * try), they lived in memory alone long after the disk and /readyz were healthy, and a crash of this process then
+   * (the OOM killer, a kill -9) sent their delivered recipients again at the restart. Each write counts as its
+   * message's attempt (#active): none of its attempts runs meanwhile, nor writes beside it.
+   */
+  #recordOnceDiskAnswers(): void {
+    if (this.#awaitingDisk) return;
+    this.#awaitingDisk = true;
+    void (this.#spool.writesConfirmed() ?? Promise.resolve()).then(async () => {
+      this.#awaitingDisk = false;
+      // One after another, as at a stop: thousands at once (a long hang under load) took as many files and threads.
+      for (const id of [...this.#unrecorded.keys()]) {
+        if (this.#closing) return; // close() writes the rest
+        if (this.#active.has(id)) continue; // its attempt under way records it
+        let refused = false;
+        const run = this.#writeOneUnrecorded(id).catch((err: unknown) => {
+          // Refused again (the disk stopped answering again): when it answers; otherwise at the message's next attempt.
+          refused = isUnconfirmed(err);
+          this.#log.warn({ id, err }, `${id}: cannot record the outcome of its last attempt yet, now that the disk answers: kept in memory, written at its next attempt`);
+        });
+        this.#active.set(id, run);
+        await run;
+        this.#active.delete(id);
+        // Made due while its outcome was written: attempted now.
+        if (this.#dueAfterAttempt.delete(id) && !this.#closing) this.#due.set(id, this.#dueAt(Date.now()));
+        this.#kick();
+        if (refused) {
+          this.#recordOnceDiskAnswers();
+          return;
+        }
+      }
+    });
   }
 }
 

@@ -164,6 +164,12 @@ export class Spool {
    * without returning, or null: while one hangs, the disk cannot confirm any write of this spool, and new mail is
    * refused before it is sent (engine/smtp/runtime.ts).
    */
+  /**
+   * Settles once the writes bounded by the spool's sync deadline (a delivery state, a due request, a removal) are
+   * confirmed again: every one past the deadline has returned. null while none is past its deadline.
+   */
+  writesConfirmed(): Promise<void> | null { return this.syncs.answered(); }
+
   unconfirmedFor(now = performance.now()): number | null {
     const since = Math.min(this.#journal?.hungSince() ?? Infinity, this.syncs.hungSince ?? Infinity);
     return since === Infinity ? null : now - since;
@@ -330,9 +336,20 @@ export class Spool {
    * process), its state file is gone once its removal is done, and the file just made goes too (see remove()); a
    * mover killed before it saw that leaves a file marked movedFromJournal without a state file, which init() and
    * scan() take for removed (see #isMoveLeftover), never for a message not yet attempted.
-   * False when nothing moved (not in the journal, not attempted, or removed meanwhile).
+   * False when nothing moved (not in the journal, not attempted, or removed meanwhile). Bounded by the spool's sync
+   * deadline as a state write is: its syncs on a disk that stopped answering held the attempt that made it, its place
+   * among those in flight and a thread of libuv's pool, unseen (/readyz 200); two such moves with `concurrency: 1` and
+   * the queue process attempted nothing more. Past the deadline it is refused (the message stays in the journal) and
+   * goes on: a crash at any point of it is one it survives.
    */
   async moveOutOfJournal(id: string): Promise<boolean> {
+    let moved = false;
+    await this.syncs.within(`the move of message ${id} out of the journal of ${this.root}`, async () => { moved = await this.#moveOutOfJournal(id); },
+      'it stays in the journal, moved at a later deferral');
+    return moved;
+  }
+
+  async #moveOutOfJournal(id: string): Promise<boolean> {
     const journal = this.#readJournal(id);
     const record = journal?.read(id);
     if (!journal || !record || !(await this.#hasState(id))) return false;

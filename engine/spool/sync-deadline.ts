@@ -34,7 +34,12 @@ export interface SyncDeadline { ms: number }
  */
 export function notConfirmed(what: string, ms: number, consequence = 'the message is not kept'): Error {
   return Object.assign(new Error(`the disk has not confirmed ${what} for ${Math.round(ms / 1000)} s (a disk or storage path that stopped answering?): ${consequence}`),
-    { code: 'ETIMEDOUT' });
+    { code: 'ETIMEDOUT', unconfirmed: true });
+}
+
+/** Whether `err` is a refusal of notConfirmed() (the disk hung), not a failure the disk returned. */
+export function isUnconfirmed(err: unknown): boolean {
+  return (err as { unconfirmed?: unknown } | null)?.unconfirmed === true;
 }
 
 /**
@@ -48,6 +53,8 @@ export class SyncWatch {
   /** Syncs past their deadline that have not returned, and since when the oldest has waited (performance.now()). */
   #hung = 0;
   #hungSince = 0;
+  /** Settled once no sync past its deadline is left (answered()), while one is. */
+  #answered: { promise: Promise<void>; resolve: () => void } | null = null;
 
   constructor(deadline: SyncDeadline) {
     this.#deadline = deadline;
@@ -61,6 +68,20 @@ export class SyncWatch {
 
   /** Since when (performance.now()) the oldest sync past its deadline has waited, while one has not returned; else null. */
   get hungSince(): number | null { return this.#hung > 0 ? this.#hungSince : null; }
+
+  /**
+   * Settles once every sync past its deadline has returned: the disk answers again, and what was refused meanwhile can
+   * be written. null while none is past its deadline.
+   */
+  answered(): Promise<void> | null {
+    if (this.#hung === 0) return null;
+    if (!this.#answered) {
+      let resolve = (): void => undefined;
+      const promise = new Promise<void>((r) => { resolve = r; });
+      this.#answered = { promise, resolve };
+    }
+    return this.#answered.promise;
+  }
 
   /**
    * `sync()`, or its refusal (notConfirmed) once the deadline has passed without its answer; refused at once, and
@@ -89,6 +110,10 @@ export class SyncWatch {
       if (!late) return;
       this.#hung--;
       hungInProcess--;
+      if (this.#hung === 0) {
+        this.#answered?.resolve();
+        this.#answered = null;
+      }
     });
     return Promise.race([syncing, deadline]).finally(() => cancel());
   }

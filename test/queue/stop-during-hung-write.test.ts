@@ -3,7 +3,8 @@
  * at once, but process.exit() waits for every thread of libuv's pool to end, the one in the hung fdatasync too: the
  * queue process sat there until the supervisor killed it 30 s later, and nothing said why (the supervisor's kill was
  * silent). Now a process that knows a write of its spool has not returned says so and ends without waiting for it,
- * and a kill at the end of the supervisor's 30 s is said at error. The fault is injected at the C library
+ * and a kill at the end of the supervisor's 30 s is said at error. (The outcome it keeps in memory first waits up to
+ * 20 s of the stop for the disk: stop-waits-for-disk-to-record.test.ts.) The fault is injected at the C library
  * (test/helpers/disk-faults.c, fdatasync-hang on a state file's temporary file, preloaded); the server is real.
  */
 import { test } from 'node:test';
