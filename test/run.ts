@@ -57,10 +57,12 @@ const failures = join(runDir, 'failures.txt');
 const fileTimes = join(runDir, 'file-times.txt');
 const reporters = ['--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=./test/failure-details.ts', `--test-reporter-destination=${failures}`,
   '--test-reporter=./test/file-times.ts', `--test-reporter-destination=${fileTimes}`];
+// Each file's CPU time, its servers' included (test/helpers/file-cpu.ts): recorded before the exit hook below, which
+// may end the process without running later exit handlers.
+const fileCpu = join(runDir, 'file-cpu.txt');
 // Every test process ends without V8's teardown once an isolate was abandoned while its script ran: see the helper.
-const exitHook = ['--import', './test/helpers/exit-without-teardown.ts'];
-// Five files at once on two cores (three took 1125 s for 1849 tests on 2026-12-07, past what CI allows with its set-up;
-// four passed the 19 minutes with 2100 tests on an idle VM the same day):
+const exitHook = ['--import', './test/helpers/file-cpu.ts', '--import', './test/helpers/exit-without-teardown.ts'];
+// Four files at once on two cores (three took 1125 s for 1849 tests on 2026-12-07, past what CI allows with its set-up):
 // many tests spend most of their time waiting (a real minute of a session's
 // idle time, a server's restart back-off, a peer's timeout), and with two at once such a file held half the run.
 // Every Node process of the run (test files, the CLI, servers and their children) keeps the code it compiled
@@ -69,9 +71,9 @@ const exitHook = ['--import', './test/helpers/exit-without-teardown.ts'];
 const compileCache = mkdtempSync(join(tmpdir(), 'postern-test-compile-cache-'));
 // The ports test/helpers/free-port.ts hands out, one file each, so that no two test files get the same one.
 const portClaims = mkdtempSync(join(tmpdir(), 'postern-test-ports-'));
-const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=5', '--test-timeout=120000', ...reporters, ...files], {
+const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=4', '--test-timeout=120000', ...reporters, ...files], {
   stdio: 'inherit',
-  env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache, POSTERN_TEST_PORTS: portClaims },
+  env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache, POSTERN_TEST_PORTS: portClaims, POSTERN_TEST_CPU_LOG: fileCpu },
   timeout: RUN_LIMIT_MS,
   killSignal: 'SIGKILL',
 });
@@ -80,6 +82,13 @@ const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitH
 const tidy = (dir: string): void => { try { rmSync(dir, { recursive: true, force: true, maxRetries: 3 }); } catch { /* left in tmp */ } };
 tidy(compileCache);
 if (existsSync(fileTimes)) console.log(`the longest test files (all of them: ${fileTimes}):\n${readFileSync(fileTimes, 'utf8').split('\n').slice(0, 15).join('\n')}`);
+if (existsSync(fileCpu)) {
+  const rows = readFileSync(fileCpu, 'utf8').split('\n').filter(Boolean).map((line) => line.split(' '))
+    .sort((a, b) => Number(b[0]) - Number(a[0]));
+  const total = rows.reduce((sum, r) => sum + Number(r[0]), 0);
+  console.log(`CPU time of the test files, their servers' included: ${total.toFixed(0)} s; the largest (all of them: ${fileCpu}):`);
+  for (const r of rows.slice(0, 15)) console.log(`  ${r[0]!.padStart(6)} s  ${r[3]}`);
+}
 tidy(portClaims);
 if (run.error || run.signal) {
   console.error(`postern: the test run was stopped after ${RUN_LIMIT_MS / 60000} minutes (a test process hung?): ${run.error?.message ?? run.signal}`);
