@@ -3,9 +3,11 @@
  * Runs on the pinned Node 24 (node_modules/.bin/node comes first on npm's PATH).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { stripTypeScriptTypes } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { strippedName } from './helpers/stripped-test-file.ts';
 
 const major = Number(process.versions.node.split('.')[0]);
 console.log(`node ${process.version} (${process.execPath})`);
@@ -61,7 +63,16 @@ const reporters = ['--test-reporter=spec', '--test-reporter-destination=stdout',
 // may end the process without running later exit handlers.
 const fileCpu = join(runDir, 'file-cpu.txt');
 // Every test process ends without V8's teardown once an isolate was abandoned while its script ran: see the helper.
-const exitHook = ['--import', './test/helpers/file-cpu.ts', '--import', './test/helpers/exit-without-teardown.ts'];
+const exitHook = ['--import', './test/helpers/stripped-test-file.ts', '--import', './test/helpers/file-cpu.ts', '--import', './test/helpers/exit-without-teardown.ts'];
+// Every test file with its types stripped, by this process (which has Node's stripper loaded): each test process
+// then loads its file from here (test/helpers/stripped-test-file.ts) rather than loading the stripper for it.
+const stripped = mkdtempSync(join(tmpdir(), 'postern-test-stripped-'));
+for (const file of files) {
+  const source = readFileSync(file);
+  try {
+    writeFileSync(join(stripped, strippedName(source)), stripTypeScriptTypes(source.toString('utf8')));
+  } catch { /* not strippable: its process strips it, and reports why, as without a copy */ }
+}
 // Four files at once on two cores (three took 1125 s for 1849 tests on 2026-12-07, past what CI allows with its set-up):
 // many tests spend most of their time waiting (a real minute of a session's
 // idle time, a server's restart back-off, a peer's timeout), and with two at once such a file held half the run.
@@ -73,7 +84,7 @@ const compileCache = mkdtempSync(join(tmpdir(), 'postern-test-compile-cache-'));
 const portClaims = mkdtempSync(join(tmpdir(), 'postern-test-ports-'));
 const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=4', '--test-timeout=120000', ...reporters, ...files], {
   stdio: 'inherit',
-  env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache, POSTERN_TEST_PORTS: portClaims, POSTERN_TEST_CPU_LOG: fileCpu },
+  env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache, POSTERN_TEST_PORTS: portClaims, POSTERN_TEST_CPU_LOG: fileCpu, POSTERN_TEST_STRIPPED: stripped },
   timeout: RUN_LIMIT_MS,
   killSignal: 'SIGKILL',
 });
@@ -81,6 +92,7 @@ const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitH
 // failures below matter more than the tidying.
 const tidy = (dir: string): void => { try { rmSync(dir, { recursive: true, force: true, maxRetries: 3 }); } catch { /* left in tmp */ } };
 tidy(compileCache);
+tidy(stripped);
 if (existsSync(fileTimes)) console.log(`the longest test files (all of them: ${fileTimes}):\n${readFileSync(fileTimes, 'utf8').split('\n').slice(0, 15).join('\n')}`);
 if (existsSync(fileCpu)) {
   const rows = readFileSync(fileCpu, 'utf8').split('\n').filter(Boolean).map((line) => line.split(' '))
