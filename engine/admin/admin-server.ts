@@ -3,7 +3,6 @@
  * and the running server's status as JSON for `postern status`. Plain HTTP on an address the
  * administrator chooses (loopback by default); it answers GETs only and never changes anything.
  */
-import http from 'node:http';
 import { rmSync } from 'node:fs';
 import { setTimeout as delay } from 'node:timers/promises';
 import { metrics, registry } from '../metrics/metrics.ts';
@@ -13,6 +12,10 @@ import { listenOwnerOnly, shortSocketPath } from './unix-socket-path.ts';
 import { hostAllowed, hostName } from './host-header.ts';
 import type { Logger } from '../logging/logger.ts';
 import { privilegedPortHint } from '../config/privileged-ports.ts';
+
+// Not `import … from 'node:http'`: an ESM import of node:http reads every export, and one of them loads Node's fetch
+// (undici): ~20 ms of CPU at every process start (test/app/startup-modules.test.ts).
+const http = process.getBuiltinModule('node:http');
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
 

@@ -7,7 +7,6 @@
  * directory's lock with no status socket (starting), 5 when it answers with a process not ready (dead and being replaced, starting), or not ready for mail as /readyz says (a spool read-only or full, Redis). A configuration file with errors does not stop it: the data directory is still
  * found, the errors are printed, the server still answers.
  */
-import http from 'node:http';
 import { dirname, join, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { loadStartConfig } from '../config/start-config.ts';
@@ -18,6 +17,10 @@ import { terminalSafe } from '../queue/terminal-safe.ts';
 import { LOCK_FILE, lockHolder } from '../spool/data-dir-lock.ts';
 import { envKnob } from '../config/env-knob.ts';
 import { deadlineAfterReads } from '../timing/deadline-after-reads.ts';
+
+// Not `import … from 'node:http'`: an ESM import of node:http reads every export, and one of them loads Node's fetch
+// (undici): ~20 ms of CPU at every process start (test/app/startup-modules.test.ts).
+const http = process.getBuiltinModule('node:http');
 
 export const NOT_RUNNING = 3;
 export const NOT_ANSWERING = 4;

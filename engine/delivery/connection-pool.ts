@@ -3,12 +3,19 @@
  * the same destination and TLS settings: up to MAX_MESSAGES transactions each, closed after IDLE_MS idle.
  * Wraps nodemailer's callbacks and events into promises that always settle.
  */
-import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type SMTPConnectionClass from 'nodemailer/lib/smtp-connection';
 import type { SMTPConnectionSendInfo, SMTPEnvelope } from 'nodemailer/lib/smtp-connection';
+import { createRequire } from 'node:module';
 import { TLSSocket } from 'node:tls';
 import type { ConnectionSecurity } from './outbound-tls.ts';
 import { ReplyDeadline } from './reply-deadline.ts';
 import { messagePieces } from './message-pieces.ts';
+
+// nodemailer's CommonJS build, not its ES modules: those import node:http (its fetch helper), and an ES import of
+// node:http reads every export of it, one of which loads Node's own fetch (undici): ~20 ms of CPU at every start of
+// a process (test/app/startup-modules.test.ts). Same code either way (both are built from one source).
+const SMTPConnection = createRequire(import.meta.url)('nodemailer/lib/smtp-connection') as typeof SMTPConnectionClass;
+type SMTPConnection = SMTPConnectionClass;
 
 const MAX_MESSAGES = 100;
 const IDLE_MS = 5000;

@@ -6,8 +6,9 @@
 import { clientName, logRefusal, LOGGED_RECIPIENTS, smtpServerReason, type DecisionFacts, type DecisionStage } from './decision-log.ts';
 import { metrics, refusalCounted } from '../metrics/metrics.ts';
 import { connectRefusalCounted } from './connection-refusals.ts';
-import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import sasl from 'smtp-server/lib/sasl.js';
+import type { SMTPConnection as SMTPConnectionClass } from 'smtp-server/lib/smtp-connection.js';
+import type saslModule from 'smtp-server/lib/sasl.js';
+import { createRequire } from 'node:module';
 import type { SMTPServer, SMTPServerAddress } from 'smtp-server';
 import net from 'node:net';
 import { isAscii, isUtf8 } from 'node:buffer';
@@ -32,6 +33,12 @@ import { countedAddress } from '../connection-limits/counted-address.ts';
 import type { IdleJudgement, RoomMember } from './listener-room.ts';
 import { TransferRate, type TransferJudgement } from './transfer-rate.ts';
 import { handshakeDeadline } from '../timing/handshake-deadline.ts';
+
+// smtp-server's CommonJS build, as engine/smtp/postern-server.ts loads it (why there): one copy of its modules.
+const requireCjs = createRequire(import.meta.url);
+const { SMTPConnection } = requireCjs('smtp-server/lib/smtp-connection') as { SMTPConnection: typeof SMTPConnectionClass };
+type SMTPConnection = SMTPConnectionClass;
+const sasl = requireCjs('smtp-server/lib/sasl') as typeof saslModule;
 
 type Callback = () => void;
 

@@ -5,7 +5,8 @@
  */
 import type { DecisionFacts, DecisionStage } from './decision-log.ts';
 import { metrics, refusalCounted } from '../metrics/metrics.ts';
-import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerDataStream } from 'smtp-server';
+import type { SMTPServer as SMTPServerClass, SMTPServerOptions, SMTPServerSession, SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream } from 'smtp-server';
+import { createRequire } from 'node:module';
 import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { PosternConnection } from './postern-connection.ts';
@@ -26,6 +27,12 @@ import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit
 import { clientAddress } from '../addresses/socket-address.ts';
 import { closeIdlestFor, closeSlowestTransferFor, makeRoomFor } from './listener-room.ts';
 import { handshakeDeadline } from '../timing/handshake-deadline.ts';
+
+// smtp-server's CommonJS build, not its ES modules: those import nodemailer's, which import node:http, and an ES
+// import of node:http reads every export of it, one of which loads Node's own fetch (undici): ~20 ms of CPU at
+// every start of a process (test/app/startup-modules.test.ts). Same code either way (both are built from one source).
+const { SMTPServer } = createRequire(import.meta.url)('smtp-server') as { SMTPServer: typeof SMTPServerClass };
+type SMTPServer = SMTPServerClass;
 
 /** Everything a listener is built from (see listener-options.ts). */
 export interface ListenerSetup {

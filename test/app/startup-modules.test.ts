@@ -1,0 +1,26 @@
+/**
+ * What a process of the server loads at start: never Node's own fetch (undici, ~20 ms of CPU at every start of every
+ * worker, queue process and command). An ES import of node:http reads every export of it, and one of them loads
+ * undici; smtp-server's and nodemailer's ES builds import node:http, so the engine loads their CommonJS builds
+ * (engine/smtp/postern-server.ts, engine/delivery/connection-pool.ts) and takes node:http by getBuiltinModule.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+// The modules a supervisor, a worker and the queue process start from, and `postern status`.
+const ENTRIES = ['engine/cli/serve.ts', 'engine/cluster/supervisor.ts', 'engine/app/postern.ts', 'engine/cli/status.ts'];
+
+test('starting the server\'s modules loads neither Node\'s fetch (undici) nor a second copy of smtp-server or nodemailer', () => {
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
+    import { registerHooks } from 'node:module';
+    const urls = [];
+    registerHooks({ load(url, context, next) { urls.push(url); return next(url, context); } });
+    for (const entry of ${JSON.stringify(ENTRIES)}) await import(${JSON.stringify(ROOT)} + entry);
+    console.log(JSON.stringify({ undici: process.moduleLoadList.filter((m) => m.includes('undici')), esm: urls.filter((u) => /node_modules\\/(smtp-server|nodemailer)\\/dist\\/esm\\//.test(u) && !/addressparser/.test(u)) }));
+  `], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NODE_NO_WARNINGS: '1' } });
+  const loaded = JSON.parse(out.trim().split('\n').pop()!) as { undici: string[]; esm: string[] };
+  assert.deepEqual(loaded.undici, [], 'undici loaded');
+  assert.deepEqual(loaded.esm, [], 'ES builds loaded beside the CommonJS ones');
+});
