@@ -51,6 +51,9 @@ function curlSmtp(cert: string[]): Promise<{ code: number; output: string }> {
     ...cert, '--login-options', 'AUTH=EXTERNAL', '--mail-from', USERS.alice, '--mail-rcpt', USERS.bob, '--upload-file', join(dir, 'msg.txt')]);
 }
 
+/** Waits for a reload: each look is a curl session (a TLS handshake) or a page load, so a quarter second apart, not 20 ms. */
+const LOOKS = { intervalMs: 250 };
+
 const csrfOf = (page: Page): Promise<string> => page.locator('input[name=_csrf]').first().inputValue();
 const rowOf = (page: Page, name: string) => page.locator('#devices tbody tr', { hasText: name });
 
@@ -119,7 +122,7 @@ test('the device list shows it with pin, serial, expiry, last seen and listener'
   await until('the sighting to reach the page', async () => {
     await alicePage.goto(`${s.url}/devices`);
     return (await rowOf(alicePage, 'laptop').locator('td').nth(6).innerText()) === 'submission';
-  });
+  }, LOOKS);
   const cells = await rowOf(alicePage, 'laptop').locator('td').allInnerTexts();
   const record = (await readInventory(s.caDir)).certificates[0]!;
   assert.equal(cells[0], 'laptop');
@@ -230,7 +233,7 @@ test('register a device\'s own certificate by upload, and a public key by paste 
 
   for (const device of [phone, tablet]) {
     const pem = ['--cert', device.crt, '--key', device.key];
-    await until('the pinned key to be accepted (pin table reloaded)', async () => /< 235 /.test((await curlSmtp(pem)).output));
+    await until('the pinned key to be accepted (pin table reloaded)', async () => /< 235 /.test((await curlSmtp(pem)).output), LOOKS);
     assert.match((await curlSmtp(pem)).output, /< 250 2\.0\.0 Ok: queued as /);
   }
 
@@ -239,7 +242,7 @@ test('register a device\'s own certificate by upload, and a public key by paste 
   assert.match(await alicePage.locator('.notice').innerText(), /Device phone removed/);
   assert.deepEqual((await listPins(s.pinsFile)).map((p) => p.device), ['tablet']);
   const phonePem = ['--cert', phone.crt, '--key', phone.key];
-  await until('the removed key to be refused', async () => /< 421 4\.7\.1 Client certificate not trusted/.test((await curlSmtp(phonePem)).output));
+  await until('the removed key to be refused', async () => /< 421 4\.7\.1 Client certificate not trusted/.test((await curlSmtp(phonePem)).output), LOOKS);
   assert.match((await curlSmtp(['--cert', tablet.crt, '--key', tablet.key])).output, /< 235 /, 'the other device is untouched');
 });
 
@@ -259,7 +262,7 @@ test('revoke the issued device: the next SMTP handshake with it is refused, its 
   assert.equal(logged?.serial, laptop.serial);
 
   const p12 = ['--cert', `${laptop.p12}:${laptop.password}`, '--cert-type', 'P12'];
-  await until('the revoked certificate to be refused (CRL reloaded)', async () => /< 421 4\.7\.1 Client certificate not trusted \(revoked\)/.test((await curlSmtp(p12)).output));
+  await until('the revoked certificate to be refused (CRL reloaded)', async () => /< 421 4\.7\.1 Client certificate not trusted \(revoked\)/.test((await curlSmtp(p12)).output), LOOKS);
   const refused = await curlSmtp(p12);
   assert.notEqual(refused.code, 0);
   assert.doesNotMatch(refused.output, /< 235 /);
@@ -270,7 +273,7 @@ test('revoke the issued device: the next SMTP handshake with it is refused, its 
   await until('the certificate session to end', async () => {
     await signedOut.goto(`${s.url}/devices`);
     return new URL(signedOut.url()).pathname === '/signin';
-  });
+  }, LOOKS);
   assert.match(await signedOut.locator('body').innerText(), /names no account here \(revoked\)/);
   await certificateSession.close();
   assert.ok(s.server.logs.some((l) => l.msg === 'account page: session ended (its password or certificate is no longer valid)' && l.via === 'certificate'));

@@ -3,7 +3,7 @@
  * installed by test/setup-system.sh), and a folder whose files arm each fault once (see the C file).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -30,12 +30,19 @@ export interface DiskFaults {
 
 const SOURCE = new URL('./disk-faults.c', import.meta.url).pathname;
 
+/** The library, built once per test process (gcc costs ~0.3 s of CPU; a file's tests each ask for faults of their own). */
+let built: string | undefined;
+
 export function diskFaults(): DiskFaults {
   const dir = mkdtempSync(join(tmpdir(), 'postern-disk-faults-'));
-  const library = join(dir, 'disk-faults.so');
-  execFileSync('gcc', ['-shared', '-fPIC', '-O2', '-o', library, SOURCE, '-ldl']);
+  if (!built) {
+    const library = join(dir, 'disk-faults.so');
+    execFileSync('gcc', ['-shared', '-fPIC', '-O2', '-o', library, SOURCE, '-ldl']);
+    built = library;
+  }
+  const library = built;
   const armed = join(dir, 'armed');
-  execFileSync('mkdir', [armed]);
+  mkdirSync(armed);
   return {
     env: { LD_PRELOAD: library, POSTERN_DISK_FAULTS: armed },
     arm: (fault) => writeFileSync(join(armed, fault), ''),

@@ -1,5 +1,5 @@
 /**
- * The spool fills its own filesystem (a 16 MB tmpfs of its own here, `spool.minFreeBytes: 0`): new mail gets a 4xx,
+ * The spool fills its own filesystem (a 12 MB tmpfs of its own here, `spool.minFreeBytes: 0`): new mail gets a 4xx,
  * never a 250 that is lost. Then delivery: the next hop takes every message, but a message leaves a journal
  * only once it is marked done, which needs room, and a segment is deleted only once all of its messages are
  * done. Without room kept back for that, the disk stayed full for good, every new message refused and all
@@ -19,6 +19,9 @@ import { runCli } from '../helpers/cli.ts';
 import { needsTmpfs, testFilesystem } from '../helpers/tmpfs.ts';
 
 const skip = needsTmpfs();
+
+/** The spool's filesystem: the reserve's 4 MiB and room for about 18 messages (fill() wants more than 10). */
+const FS_MB = 12;
 
 /** ~400 KB: a journal record each (up to 1 MiB), so the journal is what fills the disk. */
 const BODY = `${'x'.repeat(76)}\r\n`.repeat(5000);
@@ -81,7 +84,7 @@ async function acceptedAgain(c: ClusterProcess, subject: string): Promise<void> 
 const subjectsOf = (sink: Sink): string[] => sink.messages.map((m) => /^Subject: (.*)$/m.exec(m.data.toString())?.[1] ?? '');
 
 test('a spool that filled its disk: no 250 is lost, delivered mail leaves the disk, and new mail is taken again', { skip, timeout: 300_000 }, async () => {
-  const mount = testFilesystem(16);
+  const mount = testFilesystem(FS_MB);
   const sink = await startSink({});
   const dataDir = join(mount.dir, 'data');
   const base = `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`;
@@ -114,7 +117,7 @@ test('a spool that filled its disk: no 250 is lost, delivered mail leaves the di
 });
 
 test('on a full disk a killed queue process comes back, and the whole server starts again (the reserve lets them take their locks)', { skip, timeout: 300_000 }, async () => {
-  const mount = testFilesystem(16);
+  const mount = testFilesystem(FS_MB);
   const sink = await startSink({});
   const dataDir = join(mount.dir, 'data');
   const base = `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`;
@@ -149,7 +152,7 @@ test('on a full disk a killed queue process comes back, and the whole server sta
 });
 
 test('on a full disk postern queue delete --all deletes every message (the reserve gives it room), and new mail is taken again', { skip, timeout: 300_000 }, async () => {
-  const mount = testFilesystem(16);
+  const mount = testFilesystem(FS_MB);
   const dataDir = join(mount.dir, 'data');
   // No delivery: the next hop is down, the queue only grows. Deleting it is how the administrator frees the disk.
   const c = await startCluster({ config: `${ONE_WORKER}spool: { minFreeBytes: 0 }\n`, dataDir });
