@@ -43,7 +43,7 @@ for (const signal of SIGNALS) {
       const victim = await workerPid(c, 0);
       await workerPid(c, 1);
       const bystanders = await oneOnEachWorker(c);
-      const traffic = load(c, 4);
+      const traffic = load(c, 2); // two: still under load; four sent more only while the replacement started
       stopTraffic = () => traffic.stop();
       await c.waitFor('messages before the kill', () => traffic.acked.length >= 20);
       process.kill(victim, signal);
