@@ -74,6 +74,7 @@ listeners:
   assert.match(stranger.stderr, /permission denied.*as the server's user/i);
   const owner = await runCli(['status', '--config', readable]);
   assert.equal(owner.code, 0, owner.stderr);
+  await c.stop(); // not left idle through the tests below
 });
 
 test('a unix socket made by listenOwnerOnly (the status socket, a policy service\'s before its chown and chmod) is 0600 the moment it listens, under umask 000; the umask is left as it was', async () => {
@@ -85,43 +86,55 @@ test('a unix socket made by listenOwnerOnly (the status socket, a policy service
   assert.equal(process.umask(), 0o000);
 });
 
+/**
+ * One server for the two tests below: its data directory every local user may write, with the temporary files of
+ * an older release's killed processes (and of a live process) in it before it starts.
+ */
+let shared: ClusterProcess | undefined;
+/** Its data directory's names once the supervisor had started (what the fourth test looks at). */
+let namesAtStart: string[] = [];
+after(() => shared?.stop());
+/** The temporary files of processes that are gone, made before it started. */
+let leftovers: string[] = [];
+async function sharedServer(): Promise<ClusterProcess> {
+  if (!shared) {
+    const dataDir = join(outer, 'shared');
+    await mkdir(dataDir, { mode: 0o777 });
+    await chmod(dataDir, 0o777); // no sticky bit: the kernel's protected_symlinks does not cover it
+    const gone = spawnSync('true').pid!; // a process that has exited
+    leftovers = [`cluster.json.${gone}.tmp`, `status.json.${gone}.tmp`];
+    for (const name of leftovers) await writeFile(join(dataDir, name), '{"cut": ', { mode: 0o600 });
+    await writeFile(join(dataDir, `cluster.json.${process.pid}.tmp`), '{}', { mode: 0o600 });
+    shared = await startCluster({
+      dataDir,
+      config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}", limits: { greetingDelayMs: 0 } }\n',
+    });
+    namesAtStart = await readdir(dataDir);
+  }
+  return shared;
+}
+
 test('a data directory every local user may write (warned, not refused: shared volumes): a symbolic link planted at the name cluster.json is written under is not written through', async () => {
-  const dataDir = join(outer, 'shared');
-  await mkdir(dataDir, { mode: 0o777 });
-  await chmod(dataDir, 0o777); // no sticky bit: the kernel's protected_symlinks does not cover it
   const victim = join(outer, 'victim');
   await writeFile(victim, 'precious\n', { mode: 0o600 }); // any file the server's user may write: a journal segment, say
-  const d = await startCluster({
-    dataDir,
-    config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}", limits: { greetingDelayMs: 0 } }\n',
+  const d = await sharedServer();
+  assert.ok(d.logs.some((l) => String(l.msg).includes('writable by every local user')), 'the server warns');
+  // The supervisor's pid is the server's: the name it rewrote cluster.json through was `cluster.json.<pid>.tmp`.
+  await symlink(victim, join(d.dataDir, `cluster.json.${d.proc.pid}.tmp`));
+  const worker = await workerPid(d, 0);
+  process.kill(worker, 'SIGKILL'); // the supervisor rewrites cluster.json: the worker died, then its replacement
+  await d.waitFor('the replacement', async () => {
+    const p = (await d.cluster()).processes.find((x) => x.role === 'worker');
+    return p?.ready && p.pid !== worker;
   });
-  try {
-    assert.ok(d.logs.some((l) => String(l.msg).includes('writable by every local user')), 'the server warns');
-    // The supervisor's pid is the server's: the name it rewrote cluster.json through was `cluster.json.<pid>.tmp`.
-    await symlink(victim, join(dataDir, `cluster.json.${d.proc.pid}.tmp`));
-    const worker = await workerPid(d, 0);
-    process.kill(worker, 'SIGKILL'); // the supervisor rewrites cluster.json: the worker died, then its replacement
-    await d.waitFor('the replacement', async () => {
-      const p = (await d.cluster()).processes.find((x) => x.role === 'worker');
-      return p?.ready && p.pid !== worker;
-    });
-    assert.equal(await readFile(victim, 'utf8'), 'precious\n', 'not written through the link');
-  } finally {
-    await d.stop();
-  }
+  assert.equal(await readFile(victim, 'utf8'), 'precious\n', 'not written through the link');
 });
 
 test('temporary files an older release\'s killed supervisor and queue process left (cluster.json.<pid>.tmp, status.json.<pid>.tmp) are removed at start; a live process\'s are not', async () => {
-  const dataDir = join(outer, 'older');
-  await mkdir(dataDir, { mode: 0o700 });
-  const gone = spawnSync('true').pid!; // a process that has exited
-  const left = [`cluster.json.${gone}.tmp`, `status.json.${gone}.tmp`];
-  for (const name of left) await writeFile(join(dataDir, name), '{"cut": ', { mode: 0o600 });
-  await writeFile(join(dataDir, `cluster.json.${process.pid}.tmp`), '{}', { mode: 0o600 });
-  const d = await startCluster({ dataDir, config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
+  const d = await sharedServer();
   try {
-    const names = await readdir(dataDir);
-    for (const name of left) assert.ok(!names.includes(name), `${name} removed: ${names.join(' ')}`);
+    const names = namesAtStart;
+    for (const name of leftovers) assert.ok(!names.includes(name), `${name} removed: ${names.join(' ')}`);
     assert.ok(names.includes(`cluster.json.${process.pid}.tmp`), 'a running process\'s is left');
   } finally {
     await d.stop();

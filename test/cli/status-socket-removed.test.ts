@@ -18,17 +18,20 @@ test('postern.sock removed, or replaced by a file, while the server runs: made a
   assert.equal((await runCli(['status', '--config', config])).code, 0);
 
   await rm(socket);
+  // Each `postern status` is a process of its own: asked once the server said it made the socket again, not polled for it.
+  await c.waitFor('its log line', () => c!.logs.some((l) => /status socket: its file was removed .*made again/.test(String(l.msg))), 90_000);
   await c.waitFor('the status socket made again', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
-  assert.ok(c.logs.some((l) => /status socket: its file was removed .*made again/.test(String(l.msg))), 'logged');
 
   // Something else in its place (a file a careless restore put there): replaced too.
   await rm(socket);
   await writeFile(socket, 'not a socket\n');
+  await c.waitFor('its log line', () => c!.logs.some((l) => /status socket: its file was replaced .*made again/.test(String(l.msg))), 90_000);
   await c.waitFor('the status socket made again over a file', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
 });
 
 test('no status socket while a server holds the data directory (starting: the socket comes once every process is ready; or removed, before it is made again): exit 4 naming that process, not "not running"', { timeout: 120_000 }, async () => {
-  const s = await startCluster({ config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
+  // The server of the test above (its socket made again): a start and stop fewer.
+  const s = c ?? (c = await startCluster({ config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' }));
   const pid = s.proc.pid!;
   try {
     // Stopped, so that it cannot make the socket again meanwhile: the state of a start before its socket is made.

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { runningCall } from '../../engine/sandbox/running-call.ts';
@@ -54,10 +54,11 @@ listeners:
   assert.deepEqual(running.json!.pendingRestart, []);
   assert.deepEqual(running.json!.queue, { messages: 0, held: 0, oldestAgeSeconds: 0 });
   await submitMessage(c.port('in'), 'a@example.net', ['b@example.test']); // no delivery section: it stays queued
-  const queued = status(config).json!.queue as { messages: number; held: number; oldestAgeSeconds: number };
+  const withMail = status(config).json!;
+  const queued = withMail.queue as { messages: number; held: number; oldestAgeSeconds: number };
   assert.deepEqual([queued.messages, queued.held], [1, 0], 'the worker\'s spool counts');
   assert.ok(queued.oldestAgeSeconds > 0);
-  assert.match(String(status(config).json!.summary), /; queue 1, oldest \d+ s$/);
+  assert.match(String(withMail.summary), /; queue 1, oldest \d+ s$/);
 
   // A listener moved on disk: a restart is pending, and stays pending after an unrelated reload.
   const good = await readFile(config, 'utf8');
@@ -65,15 +66,25 @@ listeners:
   // Padded with empty lines to the file's length: a shorter one is taken only once unchanged for 2 s, as a file cut short.
   const moved = portMoved + '\n'.repeat(Math.max(0, good.length - portMoved.length));
   await writeFile(config, moved);
-  await c.waitFor('the move to be reported', () => (status(config).json?.pendingRestart as string[] | undefined)?.some((p) => p.includes('moves')));
-  const generation = status(config).json!.generation as number;
+  // Each `postern status` is a process of its own: asked once the server logged what it is asked about, not polled for it.
+  await c.waitFor('the reload of the move', () => c!.logs.some((l) => String(l.msg).startsWith('configuration change needs a restart')));
+  const reported = await c.waitFor('the move to be reported', () => {
+    const s = status(config).json;
+    return (s?.pendingRestart as string[] | undefined)?.some((p) => p.includes('moves')) ? s : null;
+  });
+  const generation = reported.generation as number;
+  const reloads = c.logs.filter((l) => l.msg === 'reloaded').length;
   await writeFile(join(c.dir, 'scripts', 'mailfrom.js'), 'export default () => { return accept(); };');
-  await c.waitFor('the script reload', () => (status(config).json?.generation as number) > generation);
-  const after = status(config).json!;
+  await c.waitFor('the script reload logged', () => c!.logs.filter((l) => l.msg === 'reloaded').length > reloads);
+  const after = await c.waitFor('the script reload', () => {
+    const s = status(config).json;
+    return (s?.generation as number) > generation ? s : null;
+  });
   assert.ok((after.pendingRestart as string[]).some((p) => p.startsWith('listener in moves from')), JSON.stringify(after.pendingRestart));
 
   // A broken file: no crash, the errors on stderr, the running server's state with the refused reload.
   await writeFile(config, `${moved}\nlisteners: [ oops\n`);
+  await c.waitFor('the refusal logged', () => c!.logs.some((l) => String(l.msg).startsWith('reload refused')));
   const broken = await c.waitFor('the refused reload', () => {
     const s = status(config);
     return s.code === 2 ? s : null;
@@ -98,46 +109,53 @@ listeners:
   assert.doesNotMatch(stoppedBroken.stderr, /the running server/);
 });
 
-test('a supervisor that does not answer (stopped, hung): not "not running", its own exit status, within a bounded wait', { timeout: 120_000 }, async () => {
-  const hung = await startCluster({ config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
-  try {
-    const config = join(hung.dir, 'postern.yaml');
-    assert.equal(status(config).code, 0);
-    process.kill(hung.proc.pid!, 'SIGSTOP');
-    let stopped;
-    try {
-      // A stopped server answers after no wait: the command's 10 s are cut to 2 (the exit status and text are the same).
-      stopped = status(config, { POSTERN_STATUS_ANSWER_MS: '2000' });
-    } finally {
-      process.kill(hung.proc.pid!, 'SIGCONT');
-    }
-    assert.equal(stopped.code, 4, stopped.stderr);
-    assert.match(stopped.stderr, /does not answer/);
-    assert.doesNotMatch(stopped.stderr, /not running/);
-    assert.equal(stopped.json, null);
-  } finally {
-    await hung.stop();
+/**
+ * One server for the three tests below (each costs a `postern serve` start and stop otherwise): it leaves it as it
+ * found it (resumed; its worker back), the last one stops it. Its data directory's socket path is too long for a
+ * unix socket address (the second test's case), which the others ask through as well.
+ */
+let shared: { server: ClusterProcess; home: string } | undefined;
+after(async () => { await shared?.server.stop(); if (shared) await rm(shared.home, { recursive: true, force: true }); });
+async function sharedServer(): Promise<ClusterProcess> {
+  if (!shared) {
+    const home = await mkdtemp(join(tmpdir(), 'postern-status-'));
+    // sun_path holds 108 bytes: <dataDir>/postern.sock is longer than that here.
+    const dataDir = join(home, 'a-data-directory-with-a-long-name'.repeat(3));
+    assert.ok(Buffer.byteLength(join(dataDir, 'postern.sock')) > 108);
+    shared = { home, server: await startCluster({ dataDir, config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` }) };
   }
+  return shared.server;
+}
+
+test('a supervisor that does not answer (stopped, hung): not "not running", its own exit status, within a bounded wait', { timeout: 120_000 }, async () => {
+  const hung = await sharedServer();
+  const config = join(hung.dir, 'postern.yaml');
+  assert.equal(status(config).code, 0);
+  process.kill(hung.proc.pid!, 'SIGSTOP');
+  let stopped;
+  try {
+    // A stopped server answers after no wait: the command's 10 s are cut to 2 (the exit status and text are the same).
+    stopped = status(config, { POSTERN_STATUS_ANSWER_MS: '2000' });
+  } finally {
+    process.kill(hung.proc.pid!, 'SIGCONT');
+  }
+  assert.equal(stopped.code, 4, stopped.stderr);
+  assert.match(stopped.stderr, /does not answer/);
+  assert.doesNotMatch(stopped.stderr, /not running/);
+  assert.equal(stopped.json, null);
 });
 
 test('a data directory whose socket path is too long for a unix socket address: postern status still asks the running server', { timeout: 120_000 }, async () => {
-  // sun_path holds 108 bytes: <dataDir>/postern.sock is longer than that here.
-  const dataDir = join(await mkdtemp(join(tmpdir(), 'postern-status-')), 'a-data-directory-with-a-long-name'.repeat(3));
-  assert.ok(Buffer.byteLength(join(dataDir, 'postern.sock')) > 108);
-  const long = await startCluster({ dataDir, config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
-  try {
-    const running = status(join(long.dir, 'postern.yaml'));
-    assert.equal(running.code, 0, running.stderr);
-    assert.equal((running.json!.cluster as { pid: number }).pid, long.proc.pid);
-    assert.ok(!long.logs.some((l) => /too long for a unix socket/.test(String(l.msg))), 'no warning: it works');
-  } finally {
-    await long.stop();
-    await rm(dirname(dataDir), { recursive: true, force: true });
-  }
+  const long = await sharedServer();
+  assert.ok(Buffer.byteLength(join(long.dataDir, 'postern.sock')) > 108);
+  const running = status(join(long.dir, 'postern.yaml'));
+  assert.equal(running.code, 0, running.stderr);
+  assert.equal((running.json!.cluster as { pid: number }).pid, long.proc.pid);
+  assert.ok(!long.logs.some((l) => /too long for a unix socket/.test(String(l.msg))), 'no warning: it works');
 });
 
 test('a worker down (dead, being replaced): exit 5 with what is not ready, until it is back', { timeout: 120_000 }, async () => {
-  const degraded = await startCluster({ config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  const degraded = await sharedServer();
   try {
     const config = join(degraded.dir, 'postern.yaml');
     assert.equal(status(config).code, 0);
@@ -157,40 +175,49 @@ test('a worker down (dead, being replaced): exit 5 with what is not ready, until
   }
 });
 
-test('a server that refuses new mail (its spool below spool.minFreeBytes): exit 5, and the summary and stderr say why, as /readyz does', { timeout: 120_000 }, async () => {
-  const full = await startCluster({ config: `workers: 1\nlocalDomains: [example.test]\nspool: { minFreeBytes: ${Number.MAX_SAFE_INTEGER} }\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
-  try {
-    await workerPid(full, 0);
-    const s = status(join(full.dir, 'postern.yaml'));
-    assert.equal(s.code, 5, s.stderr);
-    assert.match(s.stderr, /running, but not ready \(new mail is refused, \/readyz answers 503\): spool: \d+ bytes free on the spool's filesystem, below spool\.minFreeBytes/);
-    assert.match(String(s.json!.summary), /^1\/1 workers ready, 0 restarts; NOT READY: spool: .*452 4\.3\.1/);
-    assert.equal((s.json!.readiness as { ready: boolean }).ready, false);
-  } finally {
-    await full.stop();
+/**
+ * One server for the two tests below: its spool below spool.minFreeBytes, and two fences of the same script
+ * (fenceKey: fenced live and as a shadow script) in its data directory before it starts. A fence changes no exit
+ * status, nor does the spool name a fence.
+ */
+let refusing: { server: ClusterProcess; home: string; fencedFile: string } | undefined;
+after(async () => { await refusing?.server.stop(); if (refusing) await rm(refusing.home, { recursive: true, force: true }); });
+async function refusingServer(): Promise<{ server: ClusterProcess; fencedFile: string }> {
+  if (!refusing) {
+    const home = await mkdtemp(join(tmpdir(), 'postern-status-fences-'));
+    const file = join(home, 'rcptto.js');
+    const text = 'export default () => {};';
+    await writeFile(file, text);
+    const sha256 = runningCall.hash((await prepareScript(file, text)).source);
+    const dataDir = join(home, 'data');
+    await mkdir(join(dataDir, 'fences'), { recursive: true });
+    await writeFile(join(dataDir, 'fences', 'fenced.json'), JSON.stringify([
+      { hook: 'rcptto', file, sha256, since: new Date().toISOString(), crashes: 1, shadow: true },
+      { hook: 'rcptto', file, sha256, since: new Date().toISOString(), crashes: 3 },
+    ]));
+    const server = await startCluster({ dataDir, config: `workers: 1\nlocalDomains: [example.test]\nspool: { minFreeBytes: ${Number.MAX_SAFE_INTEGER} }\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+    refusing = { server, home, fencedFile: file };
+    await workerPid(server, 0);
   }
+  return refusing;
+}
+
+test('a server that refuses new mail (its spool below spool.minFreeBytes): exit 5, and the summary and stderr say why, as /readyz does', { timeout: 120_000 }, async () => {
+  const { server: full } = await refusingServer();
+  const s = status(join(full.dir, 'postern.yaml'));
+  assert.equal(s.code, 5, s.stderr);
+  assert.match(s.stderr, /running, but not ready \(new mail is refused, \/readyz answers 503\): spool: \d+ bytes free on the spool's filesystem, below spool\.minFreeBytes/);
+  assert.match(String(s.json!.summary), /^1\/1 workers ready, 0 restarts; NOT READY: spool: .*452 4\.3\.1/);
+  assert.equal((s.json!.readiness as { ready: boolean }).ready, false);
 });
 
 test('fenced scripts: the summary says which fence is of a shadow script and which of a live one', { timeout: 120_000 }, async () => {
   // The same file fenced live and as a shadow script are two fences (fenceKey); the summary named both the same.
-  const home = await mkdtemp(join(tmpdir(), 'postern-status-fences-'));
-  const file = join(home, 'rcptto.js');
-  const text = 'export default () => {};';
-  await writeFile(file, text);
-  const sha256 = runningCall.hash((await prepareScript(file, text)).source);
-  const dataDir = join(home, 'data');
-  await mkdir(join(dataDir, 'fences'), { recursive: true });
-  await writeFile(join(dataDir, 'fences', 'fenced.json'), JSON.stringify([
-    { hook: 'rcptto', file, sha256, since: new Date().toISOString(), crashes: 1, shadow: true },
-    { hook: 'rcptto', file, sha256, since: new Date().toISOString(), crashes: 3 },
-  ]));
-  const fenced = await startCluster({ dataDir, config: `workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n` });
+  const { server: fenced, fencedFile: file } = await refusingServer();
   try {
-    await workerPid(fenced, 0);
     const s = status(join(fenced.dir, 'postern.yaml'));
     assert.match(String(s.json!.summary), new RegExp(`; FENCED: shadow rcptto \\(${file}\\), live rcptto \\(${file}\\); `));
   } finally {
     await fenced.stop();
-    await rm(home, { recursive: true, force: true });
   }
 });

@@ -87,6 +87,12 @@ export interface UnitOptions {
   ports?: Record<string, number>;
   /** What an administrator does before the start (`sudo postern pki init`), given where the unit's paths are. */
   prepare?: (path: (unitPath: string) => string) => Promise<void>;
+  /**
+   * The folder of the unit's CacheDirectory= (made the service's, as systemd does), kept by the caller from one start to
+   * the next as systemd keeps it: a start then runs on the code the one before compiled. Default: a new one each start.
+   * Its parent must be root's and closed to others (bin/compile-cache.js uses no other).
+   */
+  cacheDirectory?: string;
 }
 
 /** The server as the unit starts it: its ExecStartPre first (a failure is thrown with its output). */
@@ -108,8 +114,7 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
     }
     throw new Error(`${p}: a path of the unit or configuration this test does not map`);
   };
-  const folder = async (unitPath: string, uid: number, gid: number, mode: number): Promise<void> => {
-    const at = join(root, unitPath.replace(/^\//, '').replaceAll('/', '-'));
+  const folder = async (unitPath: string, uid: number, gid: number, mode: number, at = join(root, unitPath.replace(/^\//, '').replaceAll('/', '-'))): Promise<void> => {
     mapping.set(unitPath, at);
     await mkdir(at, { recursive: true });
     await chown(at, uid, gid);
@@ -119,7 +124,9 @@ async function startIn(root: string, unit: Map<string, string[]>, opts: UnitOpti
   await folder('/etc/postern', 0, SERVICE_USER.gid, 0o750);
   // StateDirectory= and CacheDirectory=: the service's, with their modes (0755 without); the cache named by $CACHE_DIRECTORY.
   for (const kind of ['State', 'Cache'] as const) {
-    for (const path of serviceDirectories(unit, kind)) await folder(path, SERVICE_USER.uid, SERVICE_USER.gid, parseInt(directive(unit, `${kind}DirectoryMode`) ?? '0755', 8));
+    for (const path of serviceDirectories(unit, kind)) {
+      await folder(path, SERVICE_USER.uid, SERVICE_USER.gid, parseInt(directive(unit, `${kind}DirectoryMode`) ?? '0755', 8), kind === 'Cache' ? opts.cacheDirectory : undefined);
+    }
   }
   const caches = serviceDirectories(unit, 'Cache');
   for (const f of opts.folders ?? []) await folder(f.unitPath, f.uid, f.gid, f.mode);
