@@ -17,6 +17,7 @@ import { runCli } from '../helpers/cli.ts';
 import { pemToDer } from '../../engine/certificates/digests.ts';
 import { x509 } from '../../engine/certificates/x509-provider.ts';
 import { crlNumberOf, normalizeSerial } from '../../engine/pki/inventory.ts';
+import { listDevices } from '../../engine/pki/devices.ts';
 
 const scratch = useScratchDir('postern-pki-crash-');
 let pki: TestPki;
@@ -30,7 +31,7 @@ before(async () => {
 interface Issued { certificate: { serial: string; pinSha256: string }; files: { cert: string } }
 
 /** A CA folder made by `pki init`, a pin table, and a configuration naming both. */
-async function caFolder(name: string): Promise<{ ca: string; pins: string; config: string }> {
+async function newCaFolder(name: string): Promise<{ ca: string; pins: string; config: string }> {
   const root = join(scratch.path, name);
   await mkdir(root);
   const ca = join(root, 'ca');
@@ -53,9 +54,25 @@ listeners:
   return { ca, pins, config };
 }
 
+/** A copy of the folder `from` (newCaFolder's) as `name`: the configuration names its folders by absolute path; the CA folder and the pin table name none. */
+async function copyFolder(from: string, name: string): Promise<{ ca: string; pins: string; config: string }> {
+  const root = join(scratch.path, name);
+  await cp(from, root, { recursive: true });
+  const config = join(root, 'postern.yaml');
+  await writeFile(config, (await readFile(config, 'utf8')).replaceAll(from, root));
+  return { ca: join(root, 'ca'), pins: join(root, 'pins'), config };
+}
+
+/** newCaFolder() made once (`pki init` is a command) and copied for each test that needs one. */
+let plainFolder: Promise<string> | undefined;
+async function caFolder(name: string): Promise<{ ca: string; pins: string; config: string }> {
+  plainFolder ??= newCaFolder('plain').then((f) => dirname(f.config));
+  return copyFolder(await plainFolder, name);
+}
+
 /**
- * caFolder() with alice's laptop issued and pinned: what every crash walk below starts from. Made once (three commands:
- * init, issue, pins add) and copied for each walk, rather than made again six times: a third of the file's commands.
+ * caFolder() with alice's laptop issued and pinned: what the crash walks below start from. Made once (issue, pins add)
+ * and copied for each test that starts from it, rather than made again each time.
  */
 let laptopFolder: Promise<{ root: string; laptop: Issued }> | undefined;
 async function folderWithLaptop(name: string): Promise<{ ca: string; pins: string; config: string; laptop: Issued }> {
@@ -66,12 +83,7 @@ async function folderWithLaptop(name: string): Promise<{ ca: string; pins: strin
     return { root: dirname(f.config), laptop };
   })();
   const { root: from, laptop } = await laptopFolder;
-  const root = join(scratch.path, name);
-  await cp(from, root, { recursive: true });
-  // The configuration names its folders by absolute path; the CA folder and the pin table name none.
-  const config = join(root, 'postern.yaml');
-  await writeFile(config, (await readFile(config, 'utf8')).replaceAll(from, root));
-  return { ca: join(root, 'ca'), pins: join(root, 'pins'), config, laptop };
+  return { ...await copyFolder(from, name), laptop };
 }
 
 /** The CA's CRL as on disk: its text, its number and the serials it revokes. */
@@ -94,19 +106,40 @@ function checkHistory(history: Array<{ pem: string; number: number; serials: str
   }
 }
 
-for (const [point, killedAt] of [['CRL', '/ca.crl'], ['inventory', '/issued.json'], ['pin table', '/pins']] as const) {
-  for (const next of ['revoke again', 'issue another']) {
-    test(`pki revoke killed as it replaces the ${point}, then ${next}: the revocation is finished, never dropped, no CRL number reused`, async () => {
-      const f = await folderWithLaptop(`${point}-${next}`.replace(/ /g, '-'));
-      const { laptop } = f;
-      const history = [await crlOnDisk(f.ca)];
-      const revoke = ['pki', 'revoke', 'alice@example.com', '--device', 'laptop', '--reason', 'keyCompromise', '-c', f.config];
+type Crl = Awaited<ReturnType<typeof crlOnDisk>>;
+const revokeLaptop = (config: string): string[] => ['pki', 'revoke', 'alice@example.com', '--device', 'laptop', '--reason', 'keyCompromise', '-c', config];
 
+/**
+ * folderWithLaptop() as `pki revoke` left it, killed as it replaced the file ending `killedAt`, and the CRLs it had
+ * before and after: killed once per point and copied (its leftovers, its lock, as they are) for each test that goes on
+ * from there.
+ */
+const killedFolders = new Map<string, Promise<{ root: string; laptop: Issued; history: Crl[] }>>();
+async function killedFolder(killedAt: string, name: string): Promise<{ ca: string; pins: string; config: string; laptop: Issued; history: Crl[] }> {
+  let made = killedFolders.get(killedAt);
+  if (!made) {
+    made = (async () => {
+      const f = await folderWithLaptop(`killed-${killedAt.slice(1)}`);
+      const history = [await crlOnDisk(f.ca)];
       faults.armFor('rename-kill', killedAt);
-      const killed = await postern(revoke, undefined, faults.env);
+      const killed = await postern(revokeLaptop(f.config), undefined, faults.env);
       assert.ok(faults.taken('rename-kill'), 'the command got to that write');
       assert.equal(killed.signal, 'SIGKILL', killed.stderr);
       history.push(await crlOnDisk(f.ca));
+      return { root: dirname(f.config), laptop: f.laptop, history };
+    })();
+    killedFolders.set(killedAt, made);
+  }
+  const { root, laptop, history } = await made;
+  return { ...await copyFolder(root, name), laptop, history: [...history] };
+}
+
+for (const [point, killedAt] of [['CRL', '/ca.crl'], ['inventory', '/issued.json'], ['pin table', '/pins']] as const) {
+  for (const next of ['revoke again', 'issue another']) {
+    test(`pki revoke killed as it replaces the ${point}, then ${next}: the revocation is finished, never dropped, no CRL number reused`, async () => {
+      const f = await killedFolder(killedAt, `${point}-${next}`.replace(/ /g, '-'));
+      const { laptop, history } = f;
+      const revoke = revokeLaptop(f.config);
 
       // Another command comes first (a colleague's issue), or the administrator, who saw the command die, runs it again.
       const issue = (identity: string): Promise<Issued> => posternJson<Issued>(['pki', 'issue', identity, '--device', 'phone', '-c', f.config]);
@@ -119,8 +152,9 @@ for (const [point, killedAt] of [['CRL', '/ca.crl'], ['inventory', '/issued.json
       history.push(await crlOnDisk(f.ca));
       assert.ok(history.at(-1)!.serials.includes(laptop.certificate.serial), 'the CRL revokes the laptop');
       assert.doesNotMatch(await readFile(f.pins, 'utf8'), new RegExp(Buffer.from(laptop.certificate.pinSha256, 'hex').toString('base64url')), 'its key is unpinned');
-      const listed = await posternJson<{ certificates: Array<{ serial: string; status: string }> }>(['pki', 'list', '-c', f.config]);
-      assert.equal(listed.certificates.find((d) => d.serial === laptop.certificate.serial)?.status, 'revoked');
+      // What `pki list` shows (its rows, read here rather than by one more command).
+      const listed = await listDevices(f.ca);
+      assert.equal(listed.find((d) => d.serial === laptop.certificate.serial)?.status, 'revoked');
       for (const dir of [f.ca, dirname(f.pins)]) assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), [], `nothing left behind in ${dir}`);
 
       // The next change signs the CRL again from the inventory.
@@ -132,26 +166,24 @@ for (const [point, killedAt] of [['CRL', '/ca.crl'], ['inventory', '/issued.json
 }
 
 test('pki revoke whose CRL may not be durable (the folder\'s fsync fails) says so and fails; run again, it is done', async () => {
-  const f = await caFolder('fsync');
-  const laptop = await posternJson<Issued>(['pki', 'issue', 'dave@example.com', '--device', 'laptop', '-c', f.config]);
+  const f = await folderWithLaptop('fsync');
   faults.armFor('fsync-eio', '/ca');
-  const r = await postern(['pki', 'revoke', 'dave@example.com', '--device', 'laptop', '-c', f.config], undefined, faults.env);
+  const r = await postern(['pki', 'revoke', 'alice@example.com', '--device', 'laptop', '-c', f.config], undefined, faults.env);
   assert.ok(faults.taken('fsync-eio'), 'the folder was synced');
   assert.equal(r.code, 1, r.stdout);
   assert.match(r.stderr, /ca\.crl: written, but its folder could not be synced to disk .*do it again/);
-  assert.doesNotMatch(r.stdout, /revoked dave/);
-  await posternJson(['pki', 'revoke', 'dave@example.com', '--device', 'laptop', '-c', f.config]);
-  assert.ok((await crlOnDisk(f.ca)).serials.includes(laptop.certificate.serial));
+  assert.doesNotMatch(r.stdout, /revoked alice/);
+  await posternJson(['pki', 'revoke', 'alice@example.com', '--device', 'laptop', '-c', f.config]);
+  assert.ok((await crlOnDisk(f.ca)).serials.includes(f.laptop.certificate.serial));
 });
 
 test('pins add/remove run as root keep the table\'s owner and mode: a server running as another user still reads it', { skip: process.getuid?.() !== 0 && 'needs root' }, async () => {
-  const f = await caFolder('owner');
+  const f = await folderWithLaptop('owner'); // alice's laptop pinned: removed, then added again
   const serverUser = { uid: 65534, gid: 65534 }; // nobody: the server's own user
   for (const dir of [scratch.path, join(scratch.path, 'owner')]) await chmod(dir, 0o755);
   await chown(f.pins, serverUser.uid, serverUser.gid);
   await chmod(f.pins, 0o640);
-  const laptop = await posternJson<Issued>(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '-c', f.config]);
-  for (const args of [['pins', 'add', 'erin@example.com', laptop.files.cert, '--device', 'laptop'], ['pins', 'remove', 'erin@example.com']]) {
+  for (const args of [['pins', 'remove', 'alice@example.com'], ['pins', 'add', 'alice@example.com', f.laptop.files.cert, '--device', 'laptop']]) {
     const r = await postern([...args, '-c', f.config]);
     assert.equal(r.code, 0, r.stderr);
     const st = await stat(f.pins);
@@ -176,8 +208,7 @@ test('pki init killed between the CA key and its certificate: init again names t
 });
 
 test('a CA folder lock left by a command that died, whose PID a live process has now (after a reboot): the next command takes it over', async () => {
-  const ca = join(scratch.path, 'stale-lock');
-  assert.equal((await postern(['pki', 'init', '--dir', ca])).code, 0);
+  const { ca } = await caFolder('stale-lock');
   // This test's own process: alive, and no postern command. As an older version wrote it (PID only), and as now.
   for (const stale of [`${process.pid}`, `${process.pid} 1\n`]) {
     await writeFile(join(ca, '.lock'), stale);

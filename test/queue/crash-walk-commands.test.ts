@@ -3,14 +3,15 @@
 // counted (test/helpers/crash-walk.ts), and the walk runs the command again once per point with the process that
 // makes that call killed (SIGKILL). The operator runs a command again when it was killed. Then: a retried or
 // released message is delivered (twice only across a kill between the next hop's 250 and its record), a deleted
-// one never is, nothing is left in the queue folder, and `postern queue list` agrees.
-import { test } from 'node:test';
+// one never is, nothing is left in the queue folder, and `postern queue list` agrees. One server (and next hop) serves
+// every run, one after another: each run starts with the spool empty and both processes ready, as a new server would.
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { crashWalk, startWalkedServer, type CrashAction, type CrashPoint } from '../helpers/crash-walk.ts';
-import { startSink } from '../helpers/sink.ts';
-import { deliveryToSink, spooled } from '../helpers/cluster.ts';
+import { crashWalk, startWalkedServer, workerAndQueueReady, type CrashAction, type CrashPoint } from '../helpers/crash-walk.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { deliveryToSink, spooled, type ClusterProcess } from '../helpers/cluster.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
 import { workerSpoolDir } from '../../engine/cluster/spool-set.ts';
@@ -21,29 +22,55 @@ type Command = 'retry' | 'delete' | 'release';
 interface Outcome { copies: number; arrivals: number[]; trace: CrashPoint[]; hit: CrashPoint | undefined; roles: Map<number, string>; cliPids: Set<number> }
 
 
+/** What the next hop does in the current run: `later@example.test` deferred (451) until `accept`; the walk's count at each DATA. */
+let run = { accept: false, arrivals: [] as number[] };
+interface Shared { c: ClusterProcess; dataDir: string; sink: Sink; remove(): Promise<void> }
+let shared: Promise<Shared> | undefined;
+/** The server the runs share (started by the first); after a run that failed, a new one. */
+function server(): Promise<Shared> {
+  shared ??= (async () => {
+    const sink = await startSink({
+      decide: (stage, address) => {
+        if (stage === 'data') { run.arrivals.push(walk.count()); return null; }
+        return stage === 'rcpt' && address === 'later@example.test' && !run.accept ? { code: 451, text: '4.2.0 Try again later' } : null;
+      },
+    });
+    return { ...await startWalkedServer(walk, deliveryToSink(sink.port, { retrySchedule: [3600], scanIntervalMs: 200 })), sink };
+  })();
+  return shared;
+}
+async function stopShared(): Promise<void> {
+  const s = await shared?.catch(() => undefined);
+  shared = undefined;
+  if (!s) return;
+  await s.c.stop();
+  await s.sink.close();
+  await s.remove();
+}
+after(stopShared);
+
 /** A message deferred once (its next attempt an hour away), then `command` run on it with the walk armed at `n`. */
 async function life(command: Command, n: number, action: CrashAction, only?: { call: string; pathEnd: string }): Promise<Outcome> {
-  let accept = false;
-  const arrivals: number[] = [];
-  const sink = await startSink({
-    decide: (stage, address) => {
-      if (stage === 'data') { arrivals.push(walk.count()); return null; }
-      return stage === 'rcpt' && address === 'later@example.test' && !accept ? { code: 451, text: '4.2.0 Try again later' } : null;
-    },
-  });
-  const { c, dataDir, remove } = await startWalkedServer(walk, deliveryToSink(sink.port, { retrySchedule: [3600], scanIntervalMs: 200 }));
+  run = { accept: false, arrivals: [] };
+  const { arrivals } = run;
+  const { c, dataDir, sink } = await server();
+  // The last run's kill replaced the queue process: its replacement may still be starting.
+  await workerAndQueueReady(c);
+  const first = sink.messages.length;
+  const copies = (): number => sink.messages.length - first;
   const roles = new Map<number, string>();
   const cliPids = new Set<number>();
   const config = join(c.dir, 'postern.yaml');
   const queueDir = join(workerSpoolDir(dataDir, 0), 'queue');
   const cli = async (...args: string[]): Promise<{ code: number | null; signal?: NodeJS.Signals | null; stdout: string; stderr: string }> =>
     runCli(['queue', ...args, '-c', config], { env: walk.env, onSpawn: (pid) => cliPids.add(pid) });
+  let ok = false;
   try {
     const id = await submitMessage(c.port('in'), 'a@example.test', ['later@example.test']);
     await c.waitFor('the first attempt recorded', () => existsSync(join(queueDir, `${id}.state`)));
     if (command === 'release') assert.equal((await cli('hold', id)).code, 0);
     for (const p of (await c.cluster()).processes) if (p.pid) roles.set(p.pid, p.role);
-    if (command !== 'delete') accept = true;
+    if (command !== 'delete') run.accept = true;
     walk.arm(n, action, only);
     for (let tries = 0; ; tries++) {
       const r = await cli(command, id);
@@ -53,11 +80,11 @@ async function life(command: Command, n: number, action: CrashAction, only?: { c
       assert.equal(r.code, 0, `postern queue ${command}: ${r.stderr}`);
       break;
     }
-    if (command === 'delete') accept = true;
+    if (command === 'delete') run.accept = true;
     const empty = async (): Promise<boolean> => (await spooled(c)).size === 0 && readdirSync(queueDir).length === 0;
     // Delivered, and the queue process killed before it recorded that: the message waits for its next attempt (an hour
     // away: the retry's request was taken). The operator, who sees it still queued, asks for a retry again.
-    await c.waitFor('the spool empty, or the message delivered', async () => await empty() || sink.messages.length > 0, 30_000);
+    await c.waitFor('the spool empty, or the message delivered', async () => await empty() || copies() > 0, 30_000);
     if (!(await empty()) && command !== 'delete') {
       await c.waitFor('the spool empty, or the queue process back', async () => await empty() || (await c.cluster()).processes.some((p) => p.role === 'queue' && p.ready && !roles.has(p.pid!)));
       if (!(await empty())) {
@@ -68,18 +95,17 @@ async function life(command: Command, n: number, action: CrashAction, only?: { c
     try {
       await c.waitFor('the spool empty, and nothing left in the worker\'s queue folder', empty, 30_000);
     } catch (err) {
-      throw new Error(`${(err as Error).message.slice(0, 200)}: spooled ${[...await spooled(c)].join(' ')}; queue/ ${readdirSync(queueDir).join(' ')}; ${sink.messages.length} copies; logs: ${c.lines.filter((l) => /"level":(40|50)/.test(l)).slice(-5).join('\n')}`);
+      throw new Error(`${(err as Error).message.slice(0, 200)}: spooled ${[...await spooled(c)].join(' ')}; queue/ ${readdirSync(queueDir).join(' ')}; ${copies()} copies; logs: ${c.lines.filter((l) => /"level":(40|50)/.test(l)).slice(-5).join('\n')}`);
     }
     for (const p of (await c.cluster()).processes) if (p.pid && !roles.has(p.pid)) roles.set(p.pid, p.role);
     const listed = await runCli(['queue', 'list', '--json', '-c', config]);
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual((JSON.parse(listed.stdout) as { messages: unknown[] }).messages, [], 'postern queue list: empty');
-    return { copies: sink.messages.length, arrivals, trace: walk.trace(), hit: walk.hit(), roles, cliPids };
+    ok = true;
+    return { copies: copies(), arrivals, trace: walk.trace(), hit: walk.hit(), roles, cliPids };
   } finally {
     walk.disarm();
-    await c.stop();
-    await sink.close();
-    await remove();
+    if (!ok) await stopShared();
   }
 }
 
