@@ -33,8 +33,8 @@ function testFiles(dir: string): string[] {
 }
 const only = process.argv.slice(2);
 // The longest files first, so that none of them starts near the end and runs on alone after the rest. Their times are
-// in test/file-times.txt, in the format of the file-times.txt each run writes (test/file-times.ts): the medians of six
-// fresh-clone runs of 2026-12-07 for every file of 3 s or more. Keep it up to date by copying a run's file over it
+// in test/file-times.txt, in the format of the file-times.txt each run writes (test/file-times.ts): every file of 3 s or
+// more in a fresh-clone run of 2026-12-07 after its heaviest files were cut (the medians of six runs before). Keep it up to date by copying a run's file over it
 // (the newest /tmp/postern-test-run-*/file-times.txt); a file not in it (new, or short) starts after those in it.
 // (A list by hand before it missed files of 20-45 s added since, e.g. test/spool/hung-disk, which then started in
 // alphabetical order, late.)
