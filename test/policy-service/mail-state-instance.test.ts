@@ -5,44 +5,31 @@
 // of messages per sender) counted each message twice. Now the RCPT request takes the verdict of its MAIL.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from '../helpers/postfix.ts';
+import type { TestServer } from '../helpers/postern.ts';
+import { needsPostfix } from '../helpers/postfix.ts';
+import { startPostfixPolicy, type PostfixPolicy } from '../helpers/postfix-policy.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 
 const { skip } = needsPostfix();
-let pf: PostfixInstance;
-let sink: SmtpSink;
 let s: TestServer;
 let port = 0;
+let peers: PostfixPolicy | undefined;
 
 before(async () => {
   if (skip) return;
-  sink = await startSmtpSink();
-  port = await freePort();
   const policy = 'check_policy_service unix:private/postern';
-  pf = await startPostfix('mailstate', {
-    relayhost: `[127.0.0.1]:${sink.port}`, smtp_tls_security_level: 'none', smtpd_relay_restrictions: 'permit_mynetworks, reject',
-    postern_policy: policy, smtpd_delay_reject: 'no',
-  }, [
-    `127.0.0.1:${port} inet n - n - - smtpd -o smtpd_sender_restrictions=$postern_policy -o smtpd_recipient_restrictions=$postern_policy,permit_mynetworks,reject`,
-  ]);
-  s = await startTestServer({
-    config: `policyServices:\n  - name: postfix\n    listen: ${JSON.stringify(`unix:${join(pf.dir, 'spool', 'private', 'postern')}`)}\n    socket: { owner: postfix, mode: '0660' }\n`,
-    scripts: {
-      'mailfrom.js': `export default async function (ctx) {
+  peers = await startPostfixPolicy('mailstate', { postern_policy: policy, smtpd_delay_reject: 'no' }, (p) => [
+    `127.0.0.1:${p} inet n - n - - smtpd -o smtpd_sender_restrictions=$postern_policy -o smtpd_recipient_restrictions=$postern_policy,permit_mynetworks,reject`,
+  ], {
+    'mailfrom.js': `export default async function (ctx) {
   const r = await rate('messages:' + ctx.address.address, 2, 3600);
   log('mailfrom ran at ' + ctx.postfix.protocolState + ', count ' + r.count);
   if (!r.allowed) return defer('too many messages from this sender');
 }`,
-    },
-  }).catch(async (err: unknown) => { await pf.stop(); await sink.stop(); throw err; });
+  });
+  ({ s, port } = peers);
 });
-after(async () => {
-  await s?.stop();
-  await pf?.stop();
-  await sink?.stop();
-});
+after(() => peers?.stop());
 
 test('smtpd_delay_reject = no: the mailfrom script runs once per transaction, at MAIL, and its verdict decides the RCPTs', { skip, timeout: 60_000 }, async () => {
   const c = await SmtpTestClient.connect(port);

@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from '../helpers/postfix.ts';
+import { freePort, needsPostfix } from '../helpers/postfix.ts';
+import { startPostfixPolicy, type PostfixPolicy } from '../helpers/postfix-policy.ts';
 import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
 
 const connectScript = `export default async function (ctx) {
@@ -45,31 +46,19 @@ async function session(port: number, localPort: number): Promise<string> {
 }
 
 const { skip } = needsPostfix();
-let pf: PostfixInstance;
-let sink: SmtpSink;
 let s: TestServer;
 let port = 0;
+let peers: PostfixPolicy | undefined;
 
 before(async () => {
   if (skip) return;
-  sink = await startSmtpSink();
-  port = await freePort();
-  pf = await startPostfix('sameport', {
-    relayhost: `[127.0.0.1]:${sink.port}`, smtp_tls_security_level: 'none', smtpd_relay_restrictions: 'permit_mynetworks, reject',
-  }, [
+  peers = await startPostfixPolicy('sameport', {}, (p) => [
     // One smtpd process: every session is served by it, on its one policy connection.
-    `127.0.0.1:${port} inet n - n - 1 smtpd -o smtpd_recipient_restrictions=check_policy_service,unix:private/postern,permit_mynetworks,reject`,
-  ]);
-  s = await startTestServer({
-    config: `policyServices:\n  - name: postfix\n    listen: ${JSON.stringify(`unix:${join(pf.dir, 'spool', 'private', 'postern')}`)}\n    socket: { owner: postfix, mode: '0660' }\n`,
-    scripts: { 'connect.js': connectScript },
-  }).catch(async (err: unknown) => { await pf.stop(); await sink.stop(); throw err; });
+    `127.0.0.1:${p} inet n - n - 1 smtpd -o smtpd_recipient_restrictions=check_policy_service,unix:private/postern,permit_mynetworks,reject`,
+  ], { 'connect.js': connectScript });
+  ({ s, port } = peers);
 });
-after(async () => {
-  await s?.stop();
-  await pf?.stop();
-  await sink?.stop();
-});
+after(() => peers?.stop());
 
 test('behind a real Postfix, sessions from one client port each run the connect script', { skip, timeout: 60_000 }, async () => {
   const localPort = await freePort();

@@ -5,9 +5,9 @@
 // they are kept per transaction (Postfix's instance) and a request that names none runs them again.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from '../helpers/postfix.ts';
+import { needsPostfix } from '../helpers/postfix.ts';
+import { startPostfixPolicy, type PostfixPolicy } from '../helpers/postfix-policy.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
 
@@ -18,32 +18,19 @@ const connectScript = `export default async function (ctx) {
 }`;
 
 const { skip } = needsPostfix();
-let pf: PostfixInstance;
-let sink: SmtpSink;
 let s: TestServer;
 let port = 0;
+let peers: PostfixPolicy | undefined;
 
 before(async () => {
   if (skip) return;
-  sink = await startSmtpSink();
-  port = await freePort();
-  pf = await startPostfix('noport', {
-    relayhost: `[127.0.0.1]:${sink.port}`, smtp_tls_security_level: 'none', smtpd_relay_restrictions: 'permit_mynetworks, reject',
-    smtpd_authorized_xclient_hosts: '127.0.0.0/8', mynetworks: '127.0.0.0/8 192.0.2.0/24',
-  }, [
+  peers = await startPostfixPolicy('noport', { smtpd_authorized_xclient_hosts: '127.0.0.0/8', mynetworks: '127.0.0.0/8 192.0.2.0/24' }, (p) => [
     // One smtpd process: every session is served by it, on its one policy connection.
-    `127.0.0.1:${port} inet n - n - 1 smtpd -o smtpd_recipient_restrictions=check_policy_service,unix:private/postern,permit_mynetworks,reject`,
-  ]);
-  s = await startTestServer({
-    config: `policyServices:\n  - name: postfix\n    listen: ${JSON.stringify(`unix:${join(pf.dir, 'spool', 'private', 'postern')}`)}\n    socket: { owner: postfix, mode: '0660' }\n`,
-    scripts: { 'connect.js': connectScript },
-  }).catch(async (err: unknown) => { await pf.stop(); await sink.stop(); throw err; });
+    `127.0.0.1:${p} inet n - n - 1 smtpd -o smtpd_recipient_restrictions=check_policy_service,unix:private/postern,permit_mynetworks,reject`,
+  ], { 'connect.js': connectScript });
+  ({ s, port } = peers);
 });
-after(async () => {
-  await s?.stop();
-  await pf?.stop();
-  await sink?.stop();
-});
+after(() => peers?.stop());
 
 test('behind XCLIENT PORT=[UNAVAILABLE], each session of one client runs the connect script', { skip, timeout: 60_000 }, async () => {
   const rcpt: number[] = [];

@@ -6,9 +6,9 @@
 // Now the connect and helo scripts decide those states first, as they do every other.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
-import { freePort, needsPostfix, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from '../helpers/postfix.ts';
+import { needsPostfix } from '../helpers/postfix.ts';
+import { startPostfixPolicy, type PostfixPolicy } from '../helpers/postfix-policy.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
 
@@ -34,32 +34,19 @@ test('over the policy protocol: VRFY and ETRN are refused by the connect or helo
 });
 
 const { skip } = needsPostfix();
-let pf: PostfixInstance;
-let sink: SmtpSink;
 let s: TestServer;
 let port = 0;
+let peers: PostfixPolicy | undefined;
 
 before(async () => {
   if (skip) return;
-  sink = await startSmtpSink();
-  port = await freePort();
-  pf = await startPostfix('vrfy', {
-    relayhost: `[127.0.0.1]:${sink.port}`, smtp_tls_security_level: 'none', smtpd_relay_restrictions: 'permit_mynetworks, reject',
-    smtpd_authorized_xclient_hosts: '127.0.0.0/8', mynetworks: '127.0.0.0/8 192.0.2.0/24',
-  }, [
+  peers = await startPostfixPolicy('vrfy', { smtpd_authorized_xclient_hosts: '127.0.0.0/8', mynetworks: '127.0.0.0/8 192.0.2.0/24' }, (p) => [
     // The documented setup: the service in smtpd_recipient_restrictions.
-    `127.0.0.1:${port} inet n - n - - smtpd -o smtpd_recipient_restrictions=check_policy_service,unix:private/postern,permit_mynetworks,reject`,
-  ]);
-  s = await startTestServer({
-    config: `policyServices:\n  - name: postfix\n    listen: ${JSON.stringify(`unix:${join(pf.dir, 'spool', 'private', 'postern')}`)}\n    socket: { owner: postfix, mode: '0660' }\n`,
-    scripts,
-  }).catch(async (err: unknown) => { await pf.stop(); await sink.stop(); throw err; });
+    `127.0.0.1:${p} inet n - n - - smtpd -o smtpd_recipient_restrictions=check_policy_service,unix:private/postern,permit_mynetworks,reject`,
+  ], scripts);
+  ({ s, port } = peers);
 });
-after(async () => {
-  await s?.stop();
-  await pf?.stop();
-  await sink?.stop();
-});
+after(() => peers?.stop());
 
 test('behind a real Postfix, a client the connect script rejects has its VRFY refused too', { skip, timeout: 60_000 }, async () => {
   const c = await SmtpTestClient.connect(port);
