@@ -163,12 +163,16 @@ class Session {
   /**
    * QUIT's reply is read and noted as any other: a 221, or a refusal the client got all the same (a worker stopping
    * answers each new command, QUIT too, 421 Server shutting down; it is logged and counted, as it must be).
+   * Every reply the server wrote before it closed is read, QUIT or not: a stopping worker whose grace (the listener's
+   * closeTimeout) ran out before this client's QUIT came told it 421 Server shutting down and closed on its own.
+   * That 421 was logged and counted (sent to a connected client), and sat unread in this client's buffer.
    */
   async quit(): Promise<void> {
-    if (!this.client.closed) {
-      this.client.write('QUIT');
+    if (!this.client.closed) this.client.write('QUIT');
+    for (;;) {
       const r = await this.client.read(30_000).catch(() => undefined);
-      if (r) this.note(r);
+      if (!r) break; // closed (after its 221 or 421), nothing more to read
+      this.note(r);
     }
     this.client.destroy();
   }

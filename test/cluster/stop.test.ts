@@ -5,12 +5,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { greeted, spooled, startCluster, ONE_WORKER, ROUND_ROBIN, TWO_WORKERS, type ClusterProcess } from '../helpers/cluster.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { diskFaults } from '../helpers/disk-faults.ts';
+import { until } from '../helpers/wait.ts';
 
 test('SIGTERM stops the supervisor and its workers after STARTTLS sessions, open and closed', async () => {
   const pki = await makeTestPki();
@@ -71,26 +74,38 @@ test('SIGTERM drains: a transaction in progress finishes and is spooled, an idle
   await cluster.stop();
 });
 
-/** The server test 3 stopped last: test 4's predecessor (its data folder), not started again for it. */
+/** The server test 3 stopped: test 4's predecessor (its data folder), not started again for it. */
 let stopped: ClusterProcess | undefined;
 
-test('a stopped server leaves no temporary file of cluster.json behind (the last write, as the only worker gave up its counting lease, was cut by the exit: one file per stop)', async () => {
-  const clusters: ClusterProcess[] = [];
+/** The process's state letter in /proc (T stopped, Z exited and not yet reaped). */
+const stateOf = (pid: number): string => readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '')[0]!;
+
+test('a stopped server leaves no temporary file of cluster.json behind (its last write, as the only worker gave up its counting lease, is waited for, not cut by the exit)', async () => {
+  // The write starts at the worker's exit and the stop ends at the last child's: left to the order in which the
+  // children happen to end, the exit fell between the write's open and its rename only now and then. Made certain:
+  // the queue process held until the write is about to open its temporary file (the supervisor held there), and
+  // ended meanwhile, so the supervisor, let go, finds its last child gone while that write is still to be made.
+  const faults = diskFaults();
+  const cluster = await startCluster({ config: ONE_WORKER, env: faults.env });
+  stopped = cluster;
+  await cluster.waitFor('every process ready', async () => (await cluster.cluster()).processes.every((p) => p.ready));
+  const supervisor = cluster.proc.pid!;
+  const queue = (await cluster.cluster()).processes.find((p) => p.role === 'queue')!.pid!;
+  const exited = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
+  process.kill(queue, 'SIGSTOP');
   try {
-    for (let round = 0; round < 3; round++) {
-      const cluster = await startCluster({ config: ONE_WORKER, ...(clusters.length ? { dataDir: clusters[0]!.dataDir } : {}) });
-      clusters.push(cluster);
-      await cluster.waitFor('every process ready', async () => (await cluster.cluster()).processes.every((p) => p.ready));
-      const exited = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
-      cluster.proc.kill('SIGTERM');
-      assert.equal(await exited, 0);
-      assert.deepEqual((await readdir(cluster.dataDir)).filter((n) => n.endsWith('.tmp')), [], `after stop ${round + 1}`);
-    }
+    faults.armFor('open-stop', '.tmp'); // cluster.json is written through .cluster.json.PID.RANDOM.tmp
+    cluster.proc.kill('SIGTERM');
+    await until('the supervisor to stop at the open of its last write', () => stateOf(supervisor) === 'T', { timeoutMs: 60_000 });
+    process.kill(queue, 'SIGCONT');
+    await until('the queue process to end (its parent, stopped, cannot reap it yet)', () => stateOf(queue) === 'Z', { timeoutMs: 60_000 });
   } finally {
-    // The first holds the data folder (removed with its dir): the next test's predecessor.
-    stopped = clusters[0];
-    for (const c of clusters.slice(1).reverse()) await c.stop();
+    // Never left stopped, whatever failed above.
+    for (const pid of [queue, supervisor]) try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
   }
+  assert.equal(await exited, 0);
+  assert.deepEqual((await readdir(cluster.dataDir)).filter((n) => n.endsWith('.tmp')), [], 'no temporary file left');
+  assert.ok(JSON.parse(await readFile(join(cluster.dataDir, 'cluster.json'), 'utf8')), 'cluster.json whole');
 });
 
 test('a start removes the temporary status files a killed predecessor left (a kill -9 cuts a write; the file must not stay for ever)', async () => {
