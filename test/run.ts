@@ -8,6 +8,7 @@ import { stripTypeScriptTypes } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { strippedName } from './helpers/stripped-test-file.ts';
+import { sharedTestPki } from './helpers/pki.ts';
 
 const major = Number(process.versions.node.split('.')[0]);
 console.log(`node ${process.version} (${process.execPath})`);
@@ -80,11 +81,15 @@ for (const file of files) {
 // (TypeScript stripped included) in one cache: a command's start-up then costs half the CPU (a pki test with
 // nine commands: 7.5 s of CPU without, 3.5 s with). mkdtemp's folder is the runner's alone (0700).
 const compileCache = mkdtempSync(join(tmpdir(), 'postern-test-compile-cache-'));
+// The test PKI (test/helpers/pki.ts), generated once here: each test process that asks for it copies it rather than
+// generating its keys (~0.5 s of CPU each, in about 140 files).
+const sharedPki = mkdtempSync(join(tmpdir(), 'postern-test-pki-'));
+await sharedTestPki(sharedPki);
 // The ports test/helpers/free-port.ts hands out, one file each, so that no two test files get the same one.
 const portClaims = mkdtempSync(join(tmpdir(), 'postern-test-ports-'));
 const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=4', '--test-timeout=120000', ...reporters, ...files], {
   stdio: 'inherit',
-  env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache, POSTERN_TEST_PORTS: portClaims, POSTERN_TEST_CPU_LOG: fileCpu, POSTERN_TEST_STRIPPED: stripped },
+  env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache, POSTERN_TEST_PORTS: portClaims, POSTERN_TEST_CPU_LOG: fileCpu, POSTERN_TEST_STRIPPED: stripped, POSTERN_TEST_PKI: sharedPki },
   timeout: RUN_LIMIT_MS,
   killSignal: 'SIGKILL',
 });
@@ -93,6 +98,7 @@ const run = spawnSync(process.execPath, ['--test', '--test-force-exit', ...exitH
 const tidy = (dir: string): void => { try { rmSync(dir, { recursive: true, force: true, maxRetries: 3 }); } catch { /* left in tmp */ } };
 tidy(compileCache);
 tidy(stripped);
+tidy(sharedPki);
 if (existsSync(fileTimes)) console.log(`the longest test files (all of them: ${fileTimes}):\n${readFileSync(fileTimes, 'utf8').split('\n').slice(0, 15).join('\n')}`);
 if (existsSync(fileCpu)) {
   const rows = readFileSync(fileCpu, 'utf8').split('\n').filter(Boolean).map((line) => line.split(' '))

@@ -2,14 +2,14 @@
  * The test PKI, generated once per process with the project's own code (engine/certificates): a CA with
  * a CRL, a server certificate for localhost, clients of every kind the tests need, and a foreign CA.
  */
-import { rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate, createHash } from 'node:crypto';
 import {
   createCertificateAuthority, issueServerCertificate, issueClientCertificate, createSelfSignedCertificate, createCrl,
-  type Authority, type IssuedCertificate,
+  loadAuthority, type Authority, type IssuedCertificate,
 } from '../../engine/certificates/index.ts';
 
 /** File paths, plus identities computed here with node:crypto (independently of describe.ts) for pin tables. */
@@ -60,14 +60,45 @@ export async function clientTlsOptions(pki: TestPki, name: ClientName): Promise<
 
 const cache = new Map<string, Promise<TestPki>>();
 
-/** The PKI for `dir` (default: a fresh temp dir, removed at exit); generated once per process and dir. */
+/**
+ * The PKI for `dir` (default: a fresh temp dir, removed at exit); generated once per process and dir. Under
+ * test/run.ts the default one is generated once for the whole run (POSTERN_TEST_PKI, see sharedTestPki) and each
+ * process gets its own copy of it: its keys (two RSA) cost ~0.5 s of CPU a process, in about 140 test files.
+ */
 export function makeTestPki(dir?: string): Promise<TestPki> {
   const key = dir ?? '';
   let pki = cache.get(key);
   if (!pki) {
-    pki = generate(dir);
+    const shared = process.env.POSTERN_TEST_PKI;
+    pki = dir === undefined && shared ? copyOfShared(shared) : generate(dir);
     cache.set(key, pki);
   }
+  return pki;
+}
+
+/** What a shared PKI's folder holds besides its files: the TestPki with paths relative to the folder. */
+const MANIFEST = 'test-pki.json';
+
+/** Generates the run's shared PKI into `dir` (test/run.ts, before any test file starts). */
+export async function sharedTestPki(dir: string): Promise<void> {
+  const pki = await generate(dir);
+  const relative = (path: string): string => path.slice(dir.length + 1);
+  const { authorities: _, ...files } = pki;
+  writeFileSync(join(dir, MANIFEST), JSON.stringify(files, (k, v: unknown) => typeof v === 'string' && v.startsWith(`${dir}/`) ? relative(v) : k === 'dir' ? '' : v));
+}
+
+/** A private copy of the shared PKI (tests write into pki.dir), removed at exit, with its authorities loaded. */
+async function copyOfShared(shared: string): Promise<TestPki> {
+  const dir = mkdtempSync(join(tmpdir(), 'postern-pki-'));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  cpSync(shared, dir, { recursive: true });
+  const paths = new Set(['cert', 'key', 'pem', 'crl']);
+  const pki = JSON.parse(readFileSync(join(dir, MANIFEST), 'utf8'), (k, v: unknown) => typeof v === 'string' && paths.has(k) ? join(dir, v) : v) as TestPki;
+  rmSync(join(dir, MANIFEST));
+  pki.dir = dir;
+  const text = (path: string): string => readFileSync(path, 'utf8');
+  const [ca, otherCa] = await Promise.all([loadAuthority(text(pki.ca.cert), text(pki.ca.key)), loadAuthority(text(pki.otherCa.cert), text(pki.otherCa.key))]);
+  pki.authorities = { ca, otherCa };
   return pki;
 }
 
