@@ -55,15 +55,9 @@ export function restartNeeded(running: Compared, next: Compared): string[] {
 
 const implicit = (l: { tls: { mode: string } }): boolean => l.tls.mode === 'implicit';
 
-/**
- * The window the auth-failure counts are kept for (engine/app/postern.ts, engine/cluster): the longest of the
- * listeners that refuse an address for them, those with a login to guess (`auth.mechanisms`, or the account page's).
- * An MX listener never refuses, and its window (10 minutes unless set) counted too: a submission listener's 3 s
- * window became 10 minutes, the address locked out that long.
- */
-export function longestAuthWindow(config: Pick<Config, 'listeners' | 'accounts'>): number {
-  const refusing = config.listeners.filter((l) => l.auth.mechanisms.length || l.name === config.accounts?.listener);
-  return Math.max(1, ...refusing.map((l) => l.limits.authFailureWindowMs));
+/** The window the auth-failure counts are kept for (engine/app/postern.ts, engine/cluster). */
+export function longestAuthWindow(config: Pick<Config, 'listeners'>): number {
+  return Math.max(1, ...config.listeners.map((l) => l.limits.authFailureWindowMs));
 }
 
 function changed(out: string[], key: string, was: unknown, now: unknown): void {

@@ -1,6 +1,6 @@
 /**
  * The AUTH failure counts were kept, and judged, for the longest authFailureWindowMs of every listener, an MX
- * without AUTH included: its default (10 minutes) made a submission listener's 3 s window 10 minutes, an address
+ * without AUTH included (now kept for it, judged in each listener's own): its default (10 minutes) made a submission listener's 3 s window 10 minutes, an address
  * that mistyped its password twice locked out that long. (Seen as the clock-jumps test's AUTH case failing on that
  * file's shared server, whose `in` listener is such an MX: the clock step had nothing to do with it.)
  */
@@ -54,18 +54,26 @@ test('postern serve: an MX listener beside submission does not lengthen submissi
   }
 });
 
-test('one process: an MX listener beside submission does not lengthen submission\'s AUTH failure window', { timeout: 120_000 }, async () => {
+test('one process: an MX listener beside submission does not lengthen submission\'s AUTH failure window; a listener with a longer one still refuses', { timeout: 120_000 }, async () => {
   const s = await startTestServer({
     config: `
 localDomains: [example.test]
 users: ./users
 listeners:
   - { name: in, listen: "127.0.0.1:0", reverseDns: false, limits: { greetingDelayMs: 0 } }
+  - { name: sub2, listen: "127.0.0.1:0", reverseDns: false, auth: { mechanisms: [PLAIN] }, limits: { greetingDelayMs: 0, authFailuresPerIp: 2 } }
 ${SUB.replace('{PORT:sub}', '0').replace('listen: 127.0.0.1:0', 'listen: "127.0.0.1:0"')}`,
     files: { users: `alice:${await hashPassword('right')}\n` },
   });
   try {
     await refusedThenLetIn(() => s.port('sub'));
+    // A listener with AUTH and the default window still refuses: the failures were kept, only judged per listener.
+    const other = await SmtpTestClient.connect(s.port('sub2'));
+    try {
+      assert.match((await other.read(30_000)).text, /^421 4\.7\.0 Too many authentication failures/);
+    } finally {
+      other.destroy();
+    }
   } finally {
     await s.stop();
   }
