@@ -11,6 +11,7 @@ import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { until } from '../helpers/wait.ts';
 import { startCluster, ONE_WORKER } from '../helpers/cluster.ts';
 import { startTestServer } from '../helpers/postern.ts';
+import { needsRedis, startRedis } from '../helpers/redis-server.ts';
 
 // The MX `in` (ONE_WORKER's) leaves authFailureWindowMs at its default; the submission listener's window is 3 s.
 const SUB = `  - name: sub
@@ -43,6 +44,15 @@ async function refusedThenLetIn(port: () => number): Promise<void> {
   assert.match(await greeting(), /^421 4\.7\.0 Too many authentication failures/);
   // The bound is the test's patience, twenty times the window, and far below the MX's 10 minutes.
   await until('a new connection greeted again', async () => (await greeting()).startsWith('220'), { timeoutMs: 60_000 });
+  // And its next guess is decided (the claim before a guess counts in the listener's window too), not refused.
+  const client = await SmtpTestClient.connect(port());
+  try {
+    assert.equal((await client.read(30_000)).code, 220);
+    await client.command('EHLO client.test', 30_000);
+    assert.equal((await client.command(`AUTH PLAIN ${Buffer.from('\0alice\0wrong').toString('base64')}`, 30_000)).code, 535);
+  } finally {
+    client.destroy();
+  }
 }
 
 test('postern serve: an MX listener beside submission does not lengthen submission\'s AUTH failure window', { timeout: 120_000 }, async () => {
@@ -51,6 +61,18 @@ test('postern serve: an MX listener beside submission does not lengthen submissi
     await refusedThenLetIn(() => c.port('sub'));
   } finally {
     await c.stop();
+  }
+});
+
+test('postern serve with Redis: an MX listener beside submission does not lengthen submission\'s AUTH failure window', { skip: needsRedis().skip, timeout: 120_000 }, async () => {
+  const redis = await startRedis();
+  const store = `store:\n  redis: { url: "${redis.url}", keyPrefix: "auth-window:" }\n`;
+  const c = await startCluster({ config: `${ONE_WORKER}${SUB}users: ./users\n${store}`, files: { users: `alice:${await hashPassword('right')}\n` } });
+  try {
+    await refusedThenLetIn(() => c.port('sub'));
+  } finally {
+    await c.stop();
+    await redis.stop();
   }
 });
 
