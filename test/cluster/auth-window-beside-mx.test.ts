@@ -1,8 +1,9 @@
 /**
- * The AUTH failure counts were kept, and judged, for the longest authFailureWindowMs of every listener, an MX
- * without AUTH included (now kept for it, judged in each listener's own): its default (10 minutes) made a submission listener's 3 s window 10 minutes, an address
- * that mistyped its password twice locked out that long. (Seen as the clock-jumps test's AUTH case failing on that
- * file's shared server, whose `in` listener is such an MX: the clock step had nothing to do with it.)
+ * The AUTH failure counts were kept, and judged, for the longest authFailureWindowMs of every listener, an MX without
+ * AUTH included (now kept for it, judged in each listener's own): its default (10 minutes) made a submission
+ * listener's 3 s window 10 minutes, an address that mistyped its password twice locked out that long. (Seen as the
+ * clock-jumps test's AUTH case failing on that file's shared server, whose `in` listener is such an MX: the clock step
+ * had nothing to do with it.)
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
