@@ -53,17 +53,22 @@ for (const everyThread of [false]) {
       pid = await workerPid(c, 0);
       const client = await greeted(c);
       assert.equal((await client.command('MAIL FROM:<a@example.test>')).code, 250);
-      const waitedBefore = runQueueWaitNs(pid);
-      hog = startHog();
-      const hogEnded = new Promise((r) => hog!.once('exit', r));
-      starve(pid, everyThread);
-      const rcpt = client.command('RCPT TO:<b@example.test>', 120_000);
-      await hogEnded;
-      release(pid);
-      assert.equal((await rcpt).text, '250 2.1.5 Accepted');
-      // The fault happened: the main thread waited for a CPU for longer than the supervisor's limit.
-      const waitedMs = (runQueueWaitNs(pid) - waitedBefore) / 1e6;
-      assert.ok(waitedMs > 3000, `the main thread waited ${waitedMs} ms on the run queue`);
+      // The fault must happen: the main thread waiting for a CPU for longer than the supervisor's limit. Once in a
+      // fresh-clone run it waited only 277 ms of the 8 s (cause not found: the scheduler gave the SCHED_IDLE thread its
+      // turns): then the starvation is tried again, up to three times, each with a command that must be answered.
+      const waited: number[] = [];
+      for (let attempt = 1; attempt <= 3 && !waited.some((ms) => ms > 3000); attempt++) {
+        const waitedBefore = runQueueWaitNs(pid);
+        hog = startHog();
+        const hogEnded = new Promise((r) => hog!.once('exit', r));
+        starve(pid, everyThread);
+        const rcpt = client.command(`RCPT TO:<b${attempt}@example.test>`, 120_000);
+        await hogEnded;
+        release(pid);
+        assert.equal((await rcpt).text, '250 2.1.5 Accepted');
+        waited.push((runQueueWaitNs(pid) - waitedBefore) / 1e6);
+      }
+      assert.ok(waited.some((ms) => ms > 3000), `the main thread waited ${waited.join(', ')} ms on the run queue`);
       assert.equal((await client.command('DATA')).code, 354);
       client.write('Subject: across the starvation\r\n\r\nx\r\n.\r\n');
       assert.equal((await client.read(60_000)).code, 250);
