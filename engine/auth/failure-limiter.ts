@@ -22,8 +22,10 @@ export interface AuthFailureStore {
    * together they are fewer than `limit`, count this guess among the latter. Checked, then recorded after the
    * verification, a guess in each process passed the check before any of them was recorded. Without it, the
    * process deciding guesses is this one alone (oneAtATime), and the check is made before the guess.
+   * `countSince` (≥ `since`): the failures compared with `limit` are those after it (the listener's own window);
+   * `since` is how long they are kept (the longest window of the server's listeners).
    */
-  claim?(key: string, now: number, since: number, limit: number): Promise<FailureClaim>;
+  claim?(key: string, now: number, since: number, limit: number, countSince?: number): Promise<FailureClaim>;
 }
 
 /** See AuthFailureStore.claim. */
@@ -68,6 +70,9 @@ export interface FailureMap {
 
 const NO_FAILURES = Promise.resolve(0);
 
+/** How many of `times` are after `since`. */
+const within = (times: readonly number[], since: number): number => times.reduce((n, t) => (t > since ? n + 1 : n), 0);
+
 /**
  * `at`, a failure of `key`, recorded in `failures` with `times` (its earlier ones still counted), and the
  * addresses whose failures are all at or before `since` dropped. The map is kept in order of each address's
@@ -109,7 +114,7 @@ export class MemoryAuthFailureStore implements AuthFailureStore {
 
   constructor(failures: FailureMap = new Map<string, number[]>(), places?: GuessPlaces) {
     this.#failures = failures;
-    if (places) this.claim = (key, now, since, limit) => this.#claim(places, key, now, since, limit);
+    if (places) this.claim = (key, now, since, limit, countSince) => this.#claim(places, key, now, since, limit, countSince ?? since);
   }
 
   /**
@@ -118,13 +123,15 @@ export class MemoryAuthFailureStore implements AuthFailureStore {
    * and the relays to this process come before the answer to its own take: a guess being decided elsewhere
    * is counted here as a place, or as a failure, or (for a moment) as both, which only makes this one wait.
    */
-  async #claim(places: GuessPlaces, key: string, now: number, since: number, limit: number): Promise<FailureClaim> {
+  async #claim(places: GuessPlaces, key: string, now: number, since: number, limit: number, countSince: number): Promise<FailureClaim> {
     const window = now - since;
+    const counted = now - countSince;
     const refused = (failures: number): FailureClaim => ({ granted: false, failures, settle: () => Promise.resolve(null) });
-    const before = this.#recent(key, since).length;
+    const before = within(this.#recent(key, since), now - counted);
     if (before >= limit) return refused(before);
     const taken = await places.take(key, limit - before);
-    const failures = this.#recent(key, Date.now() - window).length; // failures relayed while the place was taken
+    const later = Date.now();
+    const failures = within(this.#recent(key, later - window), later - counted); // failures relayed while the place was taken
     if (taken === null) return refused(failures);
     if (failures + taken > limit) {
       await places.giveBack(key);
@@ -154,8 +161,13 @@ export class MemoryAuthFailureStore implements AuthFailureStore {
 
   count(key: string, since: number): Promise<number> {
     // Most addresses never failed: asked at every connection and AUTH, they cost no list and no delete.
-    if (this.#failures.get(key) === undefined) return NO_FAILURES;
-    return Promise.resolve(this.#recent(key, since).length);
+    const list = this.#failures.get(key);
+    if (list === undefined) return NO_FAILURES;
+    // Not pruned to `since`: a listener with a shorter window than the others asks for fewer (add() prunes).
+    const latest = Date.now();
+    const clamped = list.map((t) => Math.min(t, latest)); // see #recent
+    this.#failures.set(key, clamped);
+    return Promise.resolve(within(clamped, since));
   }
 
   #recent(key: string, since: number): number[] {
@@ -177,18 +189,18 @@ const CLAIM_WAIT_MS = 10_000;
 const CLAIM_RETRY_MS = 20;
 
 /** A place among the guesses of `ip` (see AuthFailureStore.claim): refused only when the failures reach the limit. */
-async function claimPlace(claim: NonNullable<AuthFailureStore['claim']>, ip: string, windowMs: number, limit: number): Promise<FailureClaim> {
+async function claimPlace(claim: NonNullable<AuthFailureStore['claim']>, ip: string, windowMs: number, countMs: number, limit: number): Promise<FailureClaim> {
   const deadline = performance.now() + CLAIM_WAIT_MS;
   for (;;) {
     const now = Date.now();
-    const claimed = await claim(ip, now, now - windowMs, limit);
+    const claimed = await claim(ip, now, now - windowMs, limit, now - countMs);
     if (claimed.granted || claimed.failures >= limit) return claimed;
     if (performance.now() > deadline) throw new Error(`auth failures: the places below the limit stayed held by guesses being decided for ${CLAIM_WAIT_MS} ms`);
     await sleep(CLAIM_RETRY_MS);
   }
 }
 
-type FailureLimits = Pick<ListenerConfig['limits'], 'authFailuresPerIp' | 'authFailuresBeforeDelay' | 'authFailureDelayMs'>;
+type FailureLimits = Pick<ListenerConfig['limits'], 'authFailuresPerIp' | 'authFailuresBeforeDelay' | 'authFailureDelayMs'> & Partial<Pick<ListenerConfig['limits'], 'authFailureWindowMs'>>;
 
 /** The longest extra wait of one failure reply. */
 const MAX_DELAY_MS = 30_000;
@@ -209,8 +221,17 @@ export class AuthFailureLimiter {
     return this.#store.add(ip, now, now - this.windowMs);
   }
 
-  count(ip: string, now = Date.now()): Promise<number> {
-    return this.#store.count(ip, now - this.windowMs);
+  count(ip: string, now = Date.now(), windowMs = this.windowMs): Promise<number> {
+    return this.#store.count(ip, now - windowMs);
+  }
+
+  /**
+   * The window a listener's failures are judged in: its own. The counts are kept for the longest of the server's
+   * listeners (this.windowMs), an MX's included (10 minutes unless set), whose window made a submission
+   * listener's 3 s one 10 minutes: an address that mistyped its password locked out that long.
+   */
+  #judgedIn(limits: FailureLimits): number {
+    return Math.min(limits.authFailureWindowMs ?? this.windowMs, this.windowMs);
   }
 
   /**
@@ -218,7 +239,7 @@ export class AuthFailureLimiter {
    * and to every AUTH on connections already open.
    */
   async refused(ip: string, limits: FailureLimits, now = Date.now()): Promise<boolean> {
-    return (await this.count(ip, now)) >= limits.authFailuresPerIp;
+    return (await this.count(ip, now, this.#judgedIn(limits))) >= limits.authFailuresPerIp;
   }
 
   /**
@@ -242,7 +263,7 @@ export class AuthFailureLimiter {
       }
       let claimed: FailureClaim;
       try {
-        claimed = await claimPlace(claim, ip, this.windowMs, limits.authFailuresPerIp);
+        claimed = await claimPlace(claim, ip, this.windowMs, this.#judgedIn(limits), limits.authFailuresPerIp);
       } catch (error) {
         return { kind: 'uncounted', error };
       }

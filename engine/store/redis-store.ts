@@ -106,12 +106,12 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')`;
  * A guess about to be decided (AuthFailureStore.claim): KEYS[1] the address's failures, KEYS[2] its guesses being
  * decided (scored with when their place lapses). Drops what is past, and when the failures and the guesses
  * together are fewer than ARGV[3], adds this guess (ARGV[2]: its member) for ARGV[4] ms at most. ARGV[1] is the
- * window (ms). → {1 granted or 0, the failures}.
+ * window (ms) the failures are kept for, ARGV[5] the one they are counted in (the listener's). → {1 granted or 0, the failures}.
  */
 const GUESS_CLAIM = `${REDIS_NOW}
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local failures = redis.call('ZCARD', KEYS[1])
+local failures = redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[5])), '+inf')
 if failures + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {0, failures} end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -362,12 +362,13 @@ export class RedisCounterStore implements CounterStore {
         this.#served(true);
         return integer(value, 'an AUTH failure');
       },
-      claim: async (ip, now, since, limit) => {
+      claim: async (ip, now, since, limit, countSince = since) => {
         const keys = [this.#prefix + STORE_KEYS.authFailures(ip), this.#prefix + STORE_KEYS.authGuesses(ip)];
         const window = String(Math.max(1, now - since));
         const member = `${now}:${randomBytes(6).toString('hex')}`;
         const giveBack = (): Promise<unknown> => this.#eval(SCRIPTS.guessSettle, keys, [window, member, '0']);
-        const reply = await this.#eval(SCRIPTS.guessClaim, keys, [window, member, String(limit), String(GUESS_PLACE_MS)]).catch((err: unknown) => {
+        const counted = String(Math.max(1, now - countSince));
+        const reply = await this.#eval(SCRIPTS.guessClaim, keys, [window, member, String(limit), String(GUESS_PLACE_MS), counted]).catch((err: unknown) => {
           // Not answered in time, it may still have run: a place nobody settles would hold up the address's next
           // logins for GUESS_PLACE_MS. Given back in passing (in order after it on the connection).
           giveBack().catch(() => undefined);

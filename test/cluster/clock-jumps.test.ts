@@ -31,7 +31,8 @@ const killedLines = (c: ClusterProcess): Array<Record<string, unknown>> => c.log
  * The three tests that step the clock with mail in flight share one server (and its sink): each sets the clock back
  * to the real one first, and counts the sink's messages and attempts from its own start. The sink refuses recipients
  * while `refuse` is set; maxAgeHours 1 is for the test past it. (The AUTH test keeps a server of its own: on this
- * one its address was not let in again within 60 s of the step back.)
+ * one the MX listener `in`, at the default authFailureWindowMs, made the counts' window 10 minutes until that was
+ * fixed; auth-window-beside-mx.test.ts.)
  */
 let refuse = false;
 let shared: { sink: Sink; s: SteppableCluster } | undefined;
