@@ -12,15 +12,28 @@ const ROOT = new URL('../../', import.meta.url).pathname;
 // The modules a supervisor, a worker and the queue process start from, and `postern status`.
 const ENTRIES = ['engine/cli/serve.ts', 'engine/cluster/supervisor.ts', 'engine/app/postern.ts', 'engine/cli/status.ts'];
 
-test('starting the server\'s modules loads neither Node\'s fetch (undici) nor a second copy of smtp-server or nodemailer', () => {
+test('starting the server\'s modules loads neither Node\'s fetch (undici), nor a second copy of smtp-server or nodemailer, nor what a process needs only later', () => {
   const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
     import { registerHooks } from 'node:module';
     const urls = [];
     registerHooks({ load(url, context, next) { urls.push(url); return next(url, context); } });
     for (const entry of ${JSON.stringify(ENTRIES)}) await import(${JSON.stringify(ROOT)} + entry);
-    console.log(JSON.stringify({ undici: process.moduleLoadList.filter((m) => m.includes('undici')), esm: urls.filter((u) => /node_modules\\/(smtp-server|nodemailer)\\/dist\\/esm\\//.test(u) && !/addressparser/.test(u)) }));
+    console.log(JSON.stringify({ undici: process.moduleLoadList.filter((m) => m.includes('undici')), urls }));
   `], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NODE_NO_WARNINGS: '1' } });
-  const loaded = JSON.parse(out.trim().split('\n').pop()!) as { undici: string[]; esm: string[] };
+  const loaded = JSON.parse(out.trim().split('\n').pop()!) as { undici: string[]; urls: string[] };
   assert.deepEqual(loaded.undici, [], 'undici loaded');
-  assert.deepEqual(loaded.esm, [], 'ES builds loaded beside the CommonJS ones');
+  const esm = loaded.urls.filter((u) => /node_modules\/(smtp-server|nodemailer)\/dist\/esm\//.test(u) && !/addressparser/.test(u));
+  assert.deepEqual(esm, [], 'ES builds loaded beside the CommonJS ones');
+  // What a process loads at start only for what it never does there (each a cut of the start's CPU; the file that
+  // loads it later says why).
+  const needless = loaded.urls.filter((u) => NOT_AT_START.some((re) => re.test(u)));
+  assert.deepEqual(needless, [], 'loaded at start, needed later or never');
 });
+
+/**
+ * prom-client's index (engine/metrics/prom-client-parts.ts: its Pushgateway, Summary and cluster aggregator,
+ * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape).
+ */
+const NOT_AT_START = [
+  /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
+];
