@@ -32,8 +32,10 @@ test('starting the server\'s modules loads neither Node\'s fetch (undici), nor a
 
 /**
  * prom-client's index (engine/metrics/prom-client-parts.ts: its Pushgateway, Summary and cluster aggregator,
- * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape).
+ * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape). chokidar: loaded by
+ * the first watch (engine/reload/change-watcher.ts), which a worker or the queue process never makes.
  */
 const NOT_AT_START = [
   /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
+  /node_modules\/(chokidar|readdirp)\//,
 ];
