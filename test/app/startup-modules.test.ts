@@ -7,6 +7,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
+import { once } from 'node:events';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 // The modules a supervisor, a worker and the queue process start from, and `postern status`.
@@ -39,3 +41,24 @@ const NOT_AT_START = [
   /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
   /node_modules\/(chokidar|readdirp)\//,
 ];
+
+/**
+ * The watchdog thread of every worker and queue process (engine/cluster/watchdog-thread.ts) is a Node bootstrap of its
+ * own, started with each process: what its modules import is loaded there again. node:crypto (running-call.ts's
+ * script hashes, fsync.ts's temporary names) cost each thread ~15 ms of CPU; the thread needs it only to write a crash
+ * record, at a hang, when fsync.ts takes it.
+ */
+test('the watchdog thread starts without node:crypto', async () => {
+  const sab = (): SharedArrayBuffer => new SharedArrayBuffer(64);
+  const entry = new URL('../../engine/cluster/watchdog-thread.ts', import.meta.url).href;
+  const thread = new Worker(`
+    const { parentPort } = require('node:worker_threads');
+    import(${JSON.stringify(entry)}).then(() => parentPort.postMessage(process.moduleLoadList.filter((m) => /crypto/.test(m))));
+  `, { eval: true, workerData: { marker: sab(), heartbeat: sab(), crashDir: '/nonexistent', worker: 0, hangMs: 3_600_000, mirror: '/nonexistent/m', logBuffer: sab() } });
+  try {
+    const [loaded] = await once(thread, 'message') as [string[]];
+    assert.deepEqual(loaded, [], 'node:crypto loaded on the watchdog thread at its start');
+  } finally {
+    await thread.terminate();
+  }
+});
