@@ -245,7 +245,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const policyAddresses = new Map<string, string>();
   const policySockets: BoundPolicyService[] = [];
   // The SMTP server (smtp-server and the session's modules) only where connections are served: the queue process
-  // of `postern serve` has no listeners, and loading it there cost ~15 ms of CPU at each of its starts.
+  // of `postern serve` has no listeners, and loading it there cost ~45 ms of CPU at each of its starts.
   const { PosternServer } = role === 'queue' ? { PosternServer: null } : await import('../smtp/postern-server.ts');
   try {
     for (const l of PosternServer ? config.listeners : []) {

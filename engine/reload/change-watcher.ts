@@ -128,7 +128,7 @@ export class ChangeWatcher {
 
   async #watch(inputs: WatchedInputs, fresh: boolean): Promise<void> {
     // Loaded by the first watch, not at start: the processes of `postern serve` other than the supervisor never
-    // watch (their supervisor tells them to reload), and chokidar cost each ~10 ms of CPU to load.
+    // watch (their supervisor tells them to reload), and chokidar cost each ~15 ms of CPU to load.
     const { watch } = await import('chokidar');
     if (this.#closed) return;
     // The parent folders of files, the script folders themselves (depth 0: `..data/` style layouts are
