@@ -10,7 +10,8 @@
  * counters as its last words, so what it counted after its last scrape stays counted too; what a killed child
  * (crashed, hung) counted after its last scrape is lost with it.
  */
-import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
+import type { MetricObjectWithValues, MetricValue } from 'prom-client';
+import { aggregatorRegistry, type Registry } from './prom-client-parts.ts';
 import { MAX_NEXT_HOPS } from './metrics.ts';
 
 export type MetricsAnswer = MetricObjectWithValues<MetricValue<string>>[];
@@ -98,7 +99,7 @@ export class ClusterMetrics {
   #retire(last: MetricsAnswer): void {
     const kept = this.#bounded(last.filter((m) => CUMULATIVE.has(String(m.type))).map(withoutProcessLabels));
     // aggregate() registers each merged metric as its plain values (and a get() that returns them): read at once.
-    this.#retired = AggregatorRegistry.aggregate([this.#retired, kept]).getMetricsAsArray()
+    this.#retired = aggregatorRegistry().aggregate([this.#retired, kept]).getMetricsAsArray()
       .map((m) => { const { name, help, type, values, aggregator } = m as unknown as MetricsAnswer[number]; return { name, help, type, values, aggregator }; }) as unknown as MetricsAnswer;
   }
 
@@ -106,6 +107,6 @@ export class ClusterMetrics {
   merged(own: MetricsAnswer, answers: ReadonlyArray<MetricsAnswer | null>): Registry {
     // (The exited children's values are among those shown already: bounded as they exited.)
     const live = [own, ...answers.filter((a): a is MetricsAnswer => a !== null)].map((a) => this.#bounded(a));
-    return AggregatorRegistry.aggregate([...live, this.#retired]);
+    return aggregatorRegistry().aggregate([...live, this.#retired]);
   }
 }

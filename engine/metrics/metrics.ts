@@ -5,8 +5,8 @@
  * `postern serve` the supervisor's admin listener sums its children's (gauges: the largest).
  * docs/operations.md lists every metric; a test checks that list against this registry.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { HotCounter, HotHistogram } from './hot-metrics.ts';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from './prom-client-parts.ts';
 
 export const registry = new Registry();
 // postern_process_* and postern_nodejs_*. The event-loop delay is sampled every 100 ms, not prom-client's 10: its timer

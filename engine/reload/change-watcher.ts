@@ -37,7 +37,7 @@
  * old), unless a file is renamed over it, or SIGHUP takes the inputs as they are (taken()). `onSettling` is told the
  * files waited for (and [] when the wait ends).
  */
-import { watch, type FSWatcher } from 'chokidar';
+import type { FSWatcher } from 'chokidar';
 import { readdir, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -127,6 +127,9 @@ export class ChangeWatcher {
   }
 
   async #watch(inputs: WatchedInputs, fresh: boolean): Promise<void> {
+    // Loaded by the first watch, not at start: the processes of `postern serve` other than the supervisor never
+    // watch (their supervisor tells them to reload), and chokidar cost each ~15 ms of CPU to load.
+    const { watch } = await import('chokidar');
     if (this.#closed) return;
     // The parent folders of files, the script folders themselves (depth 0: `..data/` style layouts are
     // entries) and their parents (a script folder replaced as a whole).

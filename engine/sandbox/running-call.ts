@@ -15,7 +15,6 @@
  * marker, words 1.. are the calls running on isolate threads (enterAsync()); beside it, the table as JSON.
  * One 4-byte pwrite per enter and exit (~1 µs): Node cannot map memory shared between processes.
  */
-import { createHash } from 'node:crypto';
 import { openSync, writeSync, closeSync, writeFileSync, renameSync, readFileSync, rmSync } from 'node:fs';
 import { HOOK_NAMES } from './hooks.ts';
 import type { HookName } from './api/index.ts';
@@ -159,7 +158,9 @@ export const runningCall = {
   },
   /** SHA-256 of a script's source, as the table and the fences name it. */
   hash(source: string): string {
-    return createHash('sha256').update(source).digest('hex');
+    // node:crypto taken at the call, not imported: every worker and queue process's watchdog thread loads this
+    // module (describeRunning, StallMirror), and loading node:crypto there cost each thread ~15 ms of CPU at start.
+    return process.getBuiltinModule('node:crypto').createHash('sha256').update(source).digest('hex');
   },
   /** Replace the fenced set (sent by the supervisor). */
   setFenced(list: ReadonlyArray<{ hook: string; file: string; sha256: string; shadow?: boolean }>): void {

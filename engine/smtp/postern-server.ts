@@ -10,6 +10,7 @@ import { createRequire } from 'node:module';
 import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { PosternConnection } from './postern-connection.ts';
+import { certificateInForce } from './certificate-in-force.ts';
 import { SessionPolicy, type Decision } from './session-policy.ts';
 import { receiveMessage } from './message-intake.ts';
 import { SmtpReply } from './reply.ts';
@@ -50,14 +51,6 @@ export interface ListenerSetup {
   certificateNotAfter: number | null;
 }
 
-/**
- * The certificate `setup` serves, as a gauge: renewed on disk but not in force (the reload refused, or never
- * made) it still runs out, and clients that verify it then fail every handshake while every check passes.
- */
-export function certificateInForce(setup: ListenerSetup): void {
-  if (setup.certificateNotAfter === null) metrics.tlsCertificateNotAfter.remove({ listener: setup.name });
-  else metrics.tlsCertificateNotAfter.set({ listener: setup.name }, setup.certificateNotAfter);
-}
 
 export interface ListenerProxy { trusted: TrustedProxies; headerTimeoutMs: number }
 

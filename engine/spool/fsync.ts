@@ -6,7 +6,6 @@ import { lchown, lstat, mkdir, open, readdir, rename, rm, stat, type FileHandle 
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 
 export async function fsyncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, 'r');
@@ -131,7 +130,11 @@ const TEMPORARY = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
  * (isLeftoverTemporary).
  */
 export function temporaryPath(file: string): string {
-  return join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  // node:crypto taken here, not imported: the watchdog thread of every worker and queue process loads this module
+  // (its crash record), and loading node:crypto at the thread's start cost it ~15 ms of CPU; at a hang it is loaded
+  // then, synchronously, on that thread alone.
+  const random = process.getBuiltinModule('node:crypto').randomBytes(4).toString('hex');
+  return join(dirname(file), `.${basename(file)}.${process.pid}.${random}.tmp`);
 }
 
 /**

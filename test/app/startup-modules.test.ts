@@ -7,20 +7,95 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
+import { once } from 'node:events';
+import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 // The modules a supervisor, a worker and the queue process start from, and `postern status`.
 const ENTRIES = ['engine/cli/serve.ts', 'engine/cluster/supervisor.ts', 'engine/app/postern.ts', 'engine/cli/status.ts'];
 
-test('starting the server\'s modules loads neither Node\'s fetch (undici) nor a second copy of smtp-server or nodemailer', () => {
+test('starting the server\'s modules loads neither Node\'s fetch (undici), nor a second copy of smtp-server or nodemailer, nor what a process needs only later', () => {
   const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
     import { registerHooks } from 'node:module';
     const urls = [];
     registerHooks({ load(url, context, next) { urls.push(url); return next(url, context); } });
     for (const entry of ${JSON.stringify(ENTRIES)}) await import(${JSON.stringify(ROOT)} + entry);
-    console.log(JSON.stringify({ undici: process.moduleLoadList.filter((m) => m.includes('undici')), esm: urls.filter((u) => /node_modules\\/(smtp-server|nodemailer)\\/dist\\/esm\\//.test(u) && !/addressparser/.test(u)) }));
+    console.log(JSON.stringify({ undici: process.moduleLoadList.filter((m) => m.includes('undici')), urls }));
   `], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NODE_NO_WARNINGS: '1' } });
-  const loaded = JSON.parse(out.trim().split('\n').pop()!) as { undici: string[]; esm: string[] };
+  const loaded = JSON.parse(out.trim().split('\n').pop()!) as { undici: string[]; urls: string[] };
   assert.deepEqual(loaded.undici, [], 'undici loaded');
-  assert.deepEqual(loaded.esm, [], 'ES builds loaded beside the CommonJS ones');
+  const esm = loaded.urls.filter((u) => /node_modules\/(smtp-server|nodemailer)\/dist\/esm\//.test(u) && !/addressparser/.test(u));
+  assert.deepEqual(esm, [], 'ES builds loaded beside the CommonJS ones');
+  // What a process loads at start only for what it never does there (each a cut of the start's CPU; the file that
+  // loads it later says why).
+  const needless = loaded.urls.filter((u) => NOT_AT_START.some((re) => re.test(u)));
+  assert.deepEqual(needless, [], 'loaded at start, needed later or never');
+});
+
+/**
+ * prom-client's index (engine/metrics/prom-client-parts.ts: its Pushgateway, Summary and cluster aggregator,
+ * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape). chokidar: loaded by
+ * the first watch (engine/reload/change-watcher.ts), which a worker or the queue process never makes.
+ */
+const NOT_AT_START = [
+  /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
+  /node_modules\/(chokidar|readdirp)\//,
+];
+
+/**
+ * The watchdog thread of every worker and queue process (engine/cluster/watchdog-thread.ts) is a Node bootstrap of its
+ * own, started with each process: what its modules import is loaded there again. node:crypto (running-call.ts's
+ * script hashes, fsync.ts's temporary names) cost each thread ~15 ms of CPU; the thread needs it only to write a crash
+ * record, at a hang, when fsync.ts takes it.
+ */
+test('the watchdog thread starts without node:crypto', async () => {
+  const sab = (): SharedArrayBuffer => new SharedArrayBuffer(64);
+  const entry = new URL('../../engine/cluster/watchdog-thread.ts', import.meta.url).href;
+  const thread = new Worker(`
+    const { parentPort } = require('node:worker_threads');
+    import(${JSON.stringify(entry)}).then(() => parentPort.postMessage(process.moduleLoadList.filter((m) => /crypto/.test(m))));
+  `, { eval: true, workerData: { marker: sab(), heartbeat: sab(), crashDir: '/nonexistent', worker: 0, hangMs: 3_600_000, mirror: '/nonexistent/m', logBuffer: sab() } });
+  try {
+    const [loaded] = await once(thread, 'message') as [string[]];
+    assert.deepEqual(loaded, [], 'node:crypto loaded on the watchdog thread at its start');
+  } finally {
+    await thread.terminate();
+  }
+});
+
+/**
+ * The queue process of `postern serve` listens on nothing: it starts without the SMTP server (smtp-server and the
+ * session's modules, ~60 files: ~45 ms of CPU at each of its starts), which engine/app/postern.ts loads only for a
+ * process that serves connections.
+ */
+test('the queue process starts without the SMTP server', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'postern-startup-modules-'));
+  try {
+    await mkdir(join(dir, 'scripts'));
+    const config = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\nlocalDomains: [example.test]\nlisteners:\n  - name: in\n    listen: 127.0.0.1:2525\n`;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
+      import { registerHooks } from 'node:module';
+      const urls = [];
+      registerHooks({ load(url, context, next) { urls.push(url); return next(url, context); } });
+      const { startPostern } = await import(${JSON.stringify(`${ROOT}engine/app/postern.ts`)});
+      const config = ${JSON.stringify(config)};
+      for (const role of ['queue', 'worker']) {
+        const dataDir = ${JSON.stringify(join(dir, 'data'))};
+        const running = await startPostern({ configText: config, baseDir: ${JSON.stringify(dir)}, role, watch: false, workers: 1,
+          lockDir: role === 'queue' ? dataDir + '/spool' : dataDir + '/spool/worker-0' });
+        console.log(JSON.stringify({ role, smtpServer: urls.filter((u) => /node_modules\\/smtp-server\\//.test(u)).length }));
+        await running.close();
+      }
+      process.exit(0);
+    `], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NODE_NO_WARNINGS: '1' } });
+    const lines = out.trim().split('\n').filter((l) => l.startsWith('{"role"')).map((l) => JSON.parse(l) as { role: string; smtpServer: number });
+    assert.deepEqual(lines.map((l) => l.role), ['queue', 'worker']);
+    assert.equal(lines[0]!.smtpServer, 0, 'the queue process loaded smtp-server');
+    assert.ok(lines[1]!.smtpServer > 0, 'a worker loads it (the check above can see it)');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
