@@ -7,7 +7,7 @@ import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { Spool } from '../../engine/spool/spool.ts';
 import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 import { startSink } from '../helpers/sink.ts';
-import { startCluster, workerPid, TWO_WORKERS, deliveryToSink } from '../helpers/cluster.ts';
+import { startCluster, workerPid, TWO_WORKERS, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
 
 test('the queue process delivers every worker\'s messages, including a killed worker\'s', async () => {
   const sink = await startSink({});
@@ -48,8 +48,9 @@ test('the queue process delivers every worker\'s messages, including a killed wo
 
 test('a predelivery script stuck in a builtin V8 cannot interrupt, on one message: that message is deferred, every other one delivered, nothing fenced', async () => {
   const sink = await startSink({});
+  // One worker: the script runs in the queue process; a second worker only idled.
   const c = await startCluster({
-    config: `${TWO_WORKERS}${deliveryToSink(sink.port)}`,
+    config: `${ONE_WORKER}${deliveryToSink(sink.port)}`,
     // On the queue process's event-loop thread this would hold every delivery until the process was killed.
     scripts: { 'predelivery.js': "export default function (ctx) { if (ctx.message.recipients.some((r) => r.startsWith('poison'))) return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); }\n" },
     scriptLimits: 'product', // the poison call hangs in a builtin: its time limit is what gives up on it

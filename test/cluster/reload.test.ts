@@ -1,7 +1,7 @@
 // Hot reload under `postern serve`: the supervisor watches the inputs once and tells every process to
 // reload. An edit reaches every worker; a broken edit is refused by every worker, reported once, and
 // `postern status` shows it; SIGHUP to the whole process group reloads each process once.
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
@@ -36,8 +36,41 @@ function converged(c: ClusterProcess, what: string, check: (r: ClusterStatus['re
   });
 }
 
+/**
+ * One server for both tests (a two-worker server cost some 3 s of CPU to start and stop). Detached: it leads its own
+ * process group, for the signal to the group. The SIGHUP test first: it counts every reload, and an edit's late
+ * change event would reload once more.
+ */
+let shared: ClusterProcess | undefined;
+const server = async (): Promise<ClusterProcess> =>
+  (shared ??= await startCluster({ config: TWO_WORKERS + ROUND_ROBIN, scripts: { 'rcptto.js': verdict('v1') }, detached: true }));
+after(() => shared?.stop());
+
+test('SIGHUP to the whole process group reloads every process once', async () => {
+  const c = await server();
+  try {
+    const reloads = async (): Promise<number[]> => {
+      const r = (await c.cluster()).reload.processes;
+      return PROCESSES.map((p) => r[p]?.reloads ?? -1);
+    };
+    await converged(c, 'every process started', () => true);
+    const before = await reloads();
+    process.kill(-c.proc.pid!, 'SIGHUP'); // as a terminal or a service manager may send it
+    await c.waitFor('every process reloaded', async () => (await reloads()).every((n, i) => n >= before[i]! + 1));
+    // A second SIGHUP, to the supervisor alone: once each has done it, no process has done more.
+    process.kill(c.proc.pid!, 'SIGHUP');
+    await c.waitFor('every process reloaded again', async () => (await reloads()).every((n, i) => n >= before[i]! + 2));
+    assert.deepEqual(await reloads(), before.map((n) => n + 2));
+    assert.equal(c.proc.exitCode, null, 'the server is still running');
+  } catch (err) {
+    await c.stop(); // not left half-way for the next test
+    shared = undefined;
+    throw err;
+  }
+});
+
 test('an edit reaches both workers; a broken edit is refused on both, reported once and shown by postern status', async () => {
-  const c = await startCluster({ config: TWO_WORKERS + ROUND_ROBIN, scripts: { 'rcptto.js': verdict('v1') } });
+  const c = await server();
   const script = join(c.dir, 'scripts', 'rcptto.js');
   try {
     const first = await converged(c, 'every process started', () => true);
@@ -69,26 +102,6 @@ test('an edit reaches both workers; a broken edit is refused on both, reported o
     assert.deepEqual(new Set((await answers(c)).map((t) => t.replace(/^550 5\.7\.1 /, ''))), new Set(['v3']));
   } finally {
     await c.stop();
-  }
-});
-
-test('SIGHUP to the whole process group reloads every process once', async () => {
-  const c = await startCluster({ config: TWO_WORKERS + ROUND_ROBIN, scripts: { 'rcptto.js': verdict('v1') }, detached: true });
-  try {
-    const reloads = async (): Promise<number[]> => {
-      const r = (await c.cluster()).reload.processes;
-      return PROCESSES.map((p) => r[p]?.reloads ?? -1);
-    };
-    await converged(c, 'every process started', () => true);
-    const before = await reloads();
-    process.kill(-c.proc.pid!, 'SIGHUP'); // as a terminal or a service manager may send it
-    await c.waitFor('every process reloaded', async () => (await reloads()).every((n, i) => n >= before[i]! + 1));
-    // A second SIGHUP, to the supervisor alone: once each has done it, no process has done more.
-    process.kill(c.proc.pid!, 'SIGHUP');
-    await c.waitFor('every process reloaded again', async () => (await reloads()).every((n, i) => n >= before[i]! + 2));
-    assert.deepEqual(await reloads(), before.map((n) => n + 2));
-    assert.equal(c.proc.exitCode, null, 'the server is still running');
-  } finally {
-    await c.stop();
+    shared = undefined;
   }
 });

@@ -1,11 +1,10 @@
 // Which worker gets a new SMTP connection (`workerChoice: fill`, the default): the first one that is not
 // busy; the next only when the first is busy and the machine has a core to spare, or when the first stops
-// beating (hung). The rule itself on figures, then a real `postern serve` with two workers.
+// beating (hung). The rule itself on figures (a real `postern serve` with two workers: workers-accept.test.ts, on the
+// server of its own test of fill at light load).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chooseWorker, cpuSample, spareCores, FILL_UP_TO, NEW_CONNECTION_LOAD, ON_CPU_TO_SATURATE, SATURATED, SPARE_TO_SPREAD } from '../../engine/cluster/worker-choice.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, workerPid, greeted, TWO_WORKERS } from '../helpers/cluster.ts';
 
 const idle = { elu: 0.01, cpu: 0.01, fresh: 0 };
 const busy = { elu: 0.9, cpu: 0.85, fresh: 0 };
@@ -42,48 +41,4 @@ test('spare cores: the idle share of the machine between two samples, in cores',
   assert.equal(spareCores(null, { idle: 10, total: 20, cores: 2 }), 2, 'no sample yet: all spare');
   const now = cpuSample();
   assert.ok(now.total > 0 && now.idle <= now.total && now.cores >= 1, JSON.stringify(now));
-});
-
-test('serve, workerChoice fill: an idle server keeps its connections on the first worker; one that stops beating is passed over', async () => {
-  const c = await startCluster({ config: TWO_WORKERS });
-  let first = 0;
-  try {
-    first = await workerPid(c, 0);
-    const second = await workerPid(c, 1);
-    // Six sessions open at once, each with a message: far from busy, so all on worker 0. Right after its start
-    // worker 0 may still be busy (compiling, loading): rounds until one finds it idle (round robin never would).
-    const served = (): Array<unknown> => c.logs.filter((l) => String(l.msg).includes('(message spooled)')).map((l) => l.pid);
-    await c.waitFor('six sessions of one round all on worker 0', async () => {
-      const from = served().length;
-      const clients = await Promise.all(Array.from({ length: 6 }, () => greeted(c)));
-      for (const client of clients) assert.equal((await client.sendMail('a@example.test', ['b@example.test'])).code, 250);
-      await Promise.all(clients.map((client) => client.quit()));
-      const round = await c.waitFor('the round\'s six messages logged', () => served().length >= from + 6 && served().slice(from, from + 6));
-      return round.every((pid) => pid === first);
-    });
-    // Worker 0 stops (a hang the watchdog cannot see: the whole process is stopped). Its heartbeat is stale
-    // after 300 ms, but it counts its connections' slots alone (the counting lease, shared-counters.ts), which
-    // nobody can learn from a stopped process: new connections go to worker 1 once the supervisor has killed
-    // it as hung (3 s), its connections closed with it. Until then they wait in the port's queue.
-    const before = served().length;
-    process.kill(first, 'SIGSTOP');
-    const greeting = await c.waitFor('a session greeted by worker 1', async () => {
-      const client = await SmtpTestClient.connect(c.port('in'));
-      try {
-        const r = await client.read(5_000).catch(() => null);
-        if (r?.code !== 220) return null;
-        assert.equal((await client.command('EHLO client.test', 30_000)).code, 250);
-        return (await client.sendMail('a@example.test', ['b@example.test'])).code;
-      } finally {
-        client.destroy();
-      }
-    });
-    assert.equal(greeting, 250);
-    // Worker 1 (or, on a slow machine, worker 0's replacement once the supervisor killed the silent one).
-    const after = await c.waitFor('the log line of that message', () => served()[before]);
-    assert.notEqual(after, first, `the message after the stop was served by ${String(after)}, not the stopped worker 0 (worker 1: ${second})`);
-  } finally {
-    try { process.kill(first, 'SIGCONT'); } catch { /* replaced already */ }
-    await c.stop();
-  }
 });

@@ -3,7 +3,7 @@
 // Every session was cut mid-transaction without a 421, and a worker signalled alone died as a crash does (replaced,
 // and blamed on the scripts it was running). It now stops the process as SIGTERM does: transactions in progress
 // finish, exit 0; a worker signalled alone drains and is replaced without being taken for a crash.
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startCluster, greeted, spooled, workerPid, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
 import type { SmtpTestClient } from '../helpers/smtp-client.ts';
@@ -17,9 +17,10 @@ async function halfSent(cluster: ClusterProcess): Promise<SmtpTestClient> {
   return sending;
 }
 
-async function finished(cluster: ClusterProcess, sending: SmtpTestClient): Promise<void> {
+/** `logsFrom`: where this test's log lines begin (the server's earlier test had its worker drain too). */
+async function finished(cluster: ClusterProcess, sending: SmtpTestClient, logsFrom: number): Promise<void> {
   // (Or the session cut: the process ended at once.)
-  await cluster.waitFor('the worker to start draining', () => sending.closed || cluster.logs.some((l) => l.msg === 'stopping: sessions in progress may finish their transaction'));
+  await cluster.waitFor('the worker to start draining', () => sending.closed || cluster.logs.slice(logsFrom).some((l) => l.msg === 'stopping: sessions in progress may finish their transaction'));
   assert.ok(!sending.closed, 'the session was not cut');
   sending.write('second half\r\n.');
   const queued = await sending.read();
@@ -30,37 +31,50 @@ async function finished(cluster: ClusterProcess, sending: SmtpTestClient): Promi
   await sending.quit();
 }
 
-test('SIGQUIT to the whole process group (Ctrl-\\): the transaction in progress finishes, exit 0, no child replaced', { timeout: 120_000 }, async () => {
-  const cluster = await startCluster({ config: ONE_WORKER, detached: true });
-  try {
-    await cluster.waitFor('the worker and the queue process ready', async () => (await cluster.cluster()).processes.filter((p) => p.ready).length === 2);
-    const sending = await halfSent(cluster);
-    const exited = new Promise<[number | null, string | null]>((r) => cluster.proc.once('exit', (code, signal) => r([code, signal])));
-    process.kill(-cluster.proc.pid!, 'SIGQUIT');
-    await finished(cluster, sending);
-    assert.deepEqual(await exited, [0, null]);
-    assert.deepEqual(cluster.logs.filter((l) => /replacing it|could not start/.test(String(l.msg))).map((l) => l.msg), [], 'no child is taken for a crash');
-  } finally {
-    await cluster.stop();
-  }
-});
+/**
+ * One server for both tests (a server each cost some 2 s of CPU to start and stop), detached for the signal to its
+ * group: the worker signalled alone first, then the whole group, which ends it.
+ */
+let shared: ClusterProcess | undefined;
+const server = async (): Promise<ClusterProcess> => (shared ??= await startCluster({ config: ONE_WORKER, detached: true }));
+after(() => shared?.stop());
 
 test('SIGQUIT to a worker alone: its transaction finishes, it is replaced as a stopped worker (not a crash), the server serves on', { timeout: 120_000 }, async () => {
-  const cluster = await startCluster({ config: ONE_WORKER });
+  const cluster = await server();
   try {
     const pid = await workerPid(cluster, 0);
+    const logsFrom = cluster.logs.length;
     const sending = await halfSent(cluster);
     process.kill(pid, 'SIGQUIT');
-    await finished(cluster, sending);
-    const replaced = await cluster.waitFor('the worker replaced', () => cluster.logs.find((l) => /^worker (process died|0 stopped)/.test(String(l.msg))));
+    await finished(cluster, sending, logsFrom);
+    const replaced = await cluster.waitFor('the worker replaced', () => cluster.logs.slice(logsFrom).find((l) => /^worker (process died|0 stopped)/.test(String(l.msg))));
     assert.equal(replaced.signal, null, `it ended by itself (${String(replaced.msg)})`);
     assert.equal(replaced.msg, 'worker 0 stopped (signalled, exit code 0): replacing it', 'a stop, not a death');
     await cluster.waitFor('a new worker 0 ready', async () => (await cluster.cluster()).processes.some((p) => p.role === 'worker' && p.ready && p.pid !== pid));
-    const after = await greeted(cluster);
-    assert.equal((await after.sendMail('a@example.org', ['b@example.test'])).code, 250, 'the replacement serves');
-    await after.quit();
+    const next = await greeted(cluster);
+    assert.equal((await next.sendMail('a@example.org', ['b@example.test'])).code, 250, 'the replacement serves');
+    await next.quit();
     assert.ok(cluster.proc.exitCode === null, 'the supervisor runs on');
+  } catch (err) {
+    await cluster.stop(); // not left half-way for the next test
+    shared = undefined;
+    throw err;
+  }
+});
+
+test('SIGQUIT to the whole process group (Ctrl-\\): the transaction in progress finishes, exit 0, no child replaced', { timeout: 120_000 }, async () => {
+  const cluster = await server();
+  try {
+    await cluster.waitFor('the worker and the queue process ready', async () => (await cluster.cluster()).processes.filter((p) => p.ready).length === 2);
+    const logsFrom = cluster.logs.length; // the worker replaced before is not this test's
+    const sending = await halfSent(cluster);
+    const exited = new Promise<[number | null, string | null]>((r) => cluster.proc.once('exit', (code, signal) => r([code, signal])));
+    process.kill(-cluster.proc.pid!, 'SIGQUIT');
+    await finished(cluster, sending, logsFrom);
+    assert.deepEqual(await exited, [0, null]);
+    assert.deepEqual(cluster.logs.slice(logsFrom).filter((l) => /replacing it|could not start/.test(String(l.msg))).map((l) => l.msg), [], 'no child is taken for a crash');
   } finally {
     await cluster.stop();
+    shared = undefined;
   }
 });
