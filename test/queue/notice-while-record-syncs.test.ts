@@ -9,12 +9,17 @@
 // fsync-hang, preloaded into a real `postern serve`) while the scan finds the notice; the next hop is real.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startSink } from '../helpers/sink.ts';
-import { startCluster, ONE_WORKER, deliveryToSink } from '../helpers/cluster.ts';
-import { diskFaults } from '../helpers/disk-faults.ts';
+import { startSink, type Sink } from '../helpers/sink.ts';
+import { startCluster, ONE_WORKER, deliveryToSink, type ClusterProcess } from '../helpers/cluster.ts';
+import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
 import { submitMessage } from '../helpers/smtp-client.ts';
 
-test('a notice waits while its attempt\'s record is still being synced: no bounce before the record is durable', { timeout: 240_000 }, async (t) => {
+/**
+ * A server whose next hop refuses `flaky` (550) and defers `later`; the sync of the folder of the first attempt's state
+ * file hangs until the test disarms `fsync-hang`. A deadline the hang stays within: the record neither fails nor
+ * succeeds meanwhile.
+ */
+async function hungRecord(retrySeconds: number, body: (c: ClusterProcess, sink: Sink, faults: DiskFaults) => Promise<void>): Promise<void> {
   const faults = diskFaults();
   const sink = await startSink({
     decide: (stage, address) => {
@@ -28,22 +33,13 @@ test('a notice waits while its attempt\'s record is still being synced: no bounc
       return null;
     },
   });
-  // A deadline the hang stays within: the record neither fails nor succeeds until the test disarms the fault. A retry
-  // delay of a second: a notice held back is tried again (and sent, if nothing holds it) while the sync hangs.
-  const c = await startCluster({ env: faults.env, config: `${ONE_WORKER}spool: { syncDeadlineMs: 300000 }\n${deliveryToSink(sink.port, { retrySchedule: [1], scanIntervalMs: 100 })}` });
-  const bounces = (): string[] => sink.messages.filter((m) => m.from === '').map((m) => m.data.toString('latin1'));
-  const held = (): number => c.logs.filter((l) => /waits for the outcome of \S+'s attempt 1 to be recorded/.test(String(l.msg))).length;
+  const c = await startCluster({ env: faults.env, config: `${ONE_WORKER}spool: { syncDeadlineMs: 300000 }\n${deliveryToSink(sink.port, { retrySchedule: [retrySeconds], scanIntervalMs: 100 })}` });
   try {
     await submitMessage(c.port('in'), 'a@example.test', ['flaky@example.test', 'later@example.test']);
     await c.waitFor('the record\'s folder sync hangs', () => faults.hungCalls('fsync-hang') >= 1, 120_000);
-    // The state file is in place, its folder not synced: every try of the notice from now on must be held back. Either
-    // the notice goes out (the defect) or a try of it started after the hang is held back.
-    const heldBefore = held();
-    await c.waitFor('a try of the notice after the hang began', () => bounces().length > 0 || sink.attempts.some((a) => a.from === '') || held() >= heldBefore + 2, 120_000);
-    t.diagnostic(`notice tries held back: ${heldBefore} before the hang was seen, ${held()} now; bounces: ${bounces().length}`);
-    assert.equal(sink.attempts.filter((a) => a.from === '').length, 0, 'no bounce while the record\'s folder sync has not returned');
-
+    await body(c, sink, faults);
     faults.disarm('fsync-hang');
+    const bounces = (): string[] => sink.messages.filter((m) => m.from === '').map((m) => m.data.toString('latin1'));
     await c.waitFor('the bounce, once the record is durable', () => bounces().length >= 1, 120_000);
     assert.equal(bounces().length, 1, 'one bounce');
     assert.match(bounces()[0]!, /Final-Recipient: rfc822; flaky@example\.test/);
@@ -53,4 +49,27 @@ test('a notice waits while its attempt\'s record is still being synced: no bounc
     await c.stop();
     await sink.close();
   }
+}
+
+const heldBack = (c: ClusterProcess): number => c.logs.filter((l) => /waits for the outcome of \S+'s attempt 1 to be recorded/.test(String(l.msg))).length;
+const nullSenders = (sink: Sink): number => sink.attempts.filter((a) => a.from === '').length;
+
+test('a notice waits while its attempt\'s record is still being synced: no bounce before the record is durable', { timeout: 240_000 }, async (t) => {
+  // A retry delay of a second: a notice held back is tried again (and sent, if nothing holds it) while the sync hangs.
+  await hungRecord(1, async (c, sink) => {
+    // The state file is in place, its folder not synced: every try of the notice from now on must be held back. Either
+    // the notice goes out (the defect) or a try of it that read the spool after the hang began is held back (two lines
+    // more: the first may be of a try that read it before the rename and said so after).
+    const before = heldBack(c);
+    await c.waitFor('a try of the notice after the hang began', () => nullSenders(sink) > 0 || heldBack(c) >= before + 2, 120_000);
+    t.diagnostic(`notice tries held back: ${before} before the hang was seen, ${heldBack(c)} now; bounce attempts: ${nullSenders(sink)}`);
+    assert.equal(nullSenders(sink), 0, 'no bounce while the record\'s folder sync has not returned');
+  });
+});
+
+test('a notice held back while its attempt\'s record was being synced goes out once the record is durable, not a retry delay later', { timeout: 240_000 }, async () => {
+  // An hour's retry delay: the notice held back (found by a scan during the hang) would wait it out.
+  await hungRecord(3600, async (c) => {
+    await c.waitFor('the notice found and held back', () => heldBack(c) >= 1, 120_000);
+  });
 });
