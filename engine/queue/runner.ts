@@ -124,6 +124,12 @@ export class QueueRunner {
    * again because its bookkeeping failed. Laid over the spooled state until a later try writes it.
    */
   readonly #unrecorded = new Map<string, SpoolState>();
+  /**
+   * Records under way (#record), by message: the attempt whose outcome is being written. Its notices are spooled first
+   * and a scan may try one meanwhile; the disk cannot tell it that the record is durable: a state file renamed into
+   * place counts the attempt before its folder's sync has returned (or failed).
+   */
+  readonly #recording = new Map<string, number>();
   /** Waiting for the disk to confirm writes again, to write #unrecorded then (#recordOnceDiskAnswers). */
   #awaitingDisk = false;
   readonly #pool = new ConnectionPool();
@@ -832,6 +838,9 @@ export class QueueRunner {
     // was removed (its done mark synced) before the attempt was recorded for good: after a power loss the attempt ran
     // again, spooled a new notice under the removed one's id, which that done mark hid at the next start.
     if (this.#unrecorded.has(of.id)) return true;
+    // Its record under way: the state file read now may count the attempt before it is durable (see #recording).
+    const recording = this.#recording.get(of.id);
+    if (recording !== undefined && recording <= of.attempt) return true;
     try {
       if (!(await this.#spool.has(of.id))) return false;
       return ((await this.#spool.readState(of.id))?.attempts ?? 0) < of.attempt;
@@ -898,6 +907,16 @@ export class QueueRunner {
 
   /** Make the attempt's outcome durable: bounce first, then the state (or removal). */
   async #record(gen: PolicyGeneration, envelope: SpoolEnvelope, message: Buffer, attempt: number, outcomes: RecipientOutcome[]): Promise<void> {
+    this.#recording.set(envelope.id, attempt);
+    try {
+      await this.#recordOnce(gen, envelope, message, attempt, outcomes);
+    } finally {
+      // Once it is settled: recorded, or kept in #unrecorded (set before this), which holds the notices back then.
+      this.#recording.delete(envelope.id);
+    }
+  }
+
+  async #recordOnce(gen: PolicyGeneration, envelope: SpoolEnvelope, message: Buffer, attempt: number, outcomes: RecipientOutcome[]): Promise<void> {
     const id = envelope.id;
     const delivery = gen.config.delivery;
     this.#noticeClockSteps();
@@ -1032,24 +1051,26 @@ export class QueueRunner {
       // A full disk: with the reserve's room, recorded at once.
       const wait = isNoSpace(err) && this.#useReserve() ? 0 : retryDelayMs(delivery, 1);
       if (!this.#closing) this.#due.set(id, this.#dueAt(Date.now() + wait));
-      this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn);
+      this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn, false);
       this.#emit({ id, attempt, outcomes, removed: false, bounceId, nextAttemptAt });
       return;
     }
-    // Only now: a notice tried before its attempt's outcome is on disk waits a whole retry delay (#noticeAwaitsRecord).
-    this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn);
+    // Only now: a notice tried before its attempt's outcome is on disk is held back (#noticeAwaitsRecord), and due again now.
+    this.#noticesAfterRecord([bounceId, successNoticeId], withdrawn, true);
     this.#emit({ id, attempt, outcomes, removed: done, bounceId, nextAttemptAt });
   }
 
   /**
    * The notices of a record: tried now. A withdrawn one (marked done) is removed unsent at its try, which is made now
    * too when it is scheduled already: one tried before this record waited a whole retry delay (#noticeAwaitsRecord),
-   * and stayed listed by `postern queue list` as a bounce pending for its sender until then.
+   * and stayed listed by `postern queue list` as a bounce pending for its sender until then. So is a spooled one, once
+   * the record is durable (`recorded`): a scan that found it while the record was being made had it wait a retry delay.
    */
-  #noticesAfterRecord(spooled: ReadonlyArray<string | null>, withdrawn: readonly string[]): void {
+  #noticesAfterRecord(spooled: ReadonlyArray<string | null>, withdrawn: readonly string[], recorded: boolean): void {
     for (const notice of [...spooled, ...withdrawn]) if (notice) this.notify(notice);
-    for (const notice of withdrawn) if (!this.#closing && this.#due.has(notice)) this.#due.set(notice, this.#dueAt(Date.now()));
-    if (withdrawn.length) this.#kick();
+    const hurried = recorded ? [...withdrawn, ...spooled.filter((n): n is string => n !== null)] : withdrawn;
+    for (const notice of hurried) if (!this.#closing && this.#due.has(notice)) this.#due.set(notice, this.#dueAt(Date.now()));
+    if (hurried.length) this.#kick();
   }
 
   /** withdrawNoticesOfDeleted, a failure logged (the notice may then go out: the sender hears of a deleted message). */

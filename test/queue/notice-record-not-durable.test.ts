@@ -60,7 +60,9 @@ test('a record whose folder sync fails: its notices wait for a record that succe
     t.diagnostic(`runs of second: ${secondRuns}, of third: ${thirdRuns}; bounces came at runs of third: ${bounceSeenAtThirdRun.join(', ')}; ${flaky} naming flaky`);
     t.diagnostic(c.logs.filter((l) => typeof l.msg === 'string' && /notification|waits for|cannot record|removed/.test(l.msg)).map((l) => String(l.msg)).join('\n'));
     // Which call took the EIO, and whether it was the record's: said before the assertions, for a failure to explain
-    // itself (failed once in a fresh-clone run, bounce at run 2 of third, not reproduced since).
+    // itself. (Failed once in a fresh-clone run with the bounce at run 2 of third: a scan had tried the notice between the
+    // state file's rename and its folder's failed sync, when the disk already counted the attempt; made certain by
+    // notice-while-record-syncs.test.ts.)
     const hit = walk.hit();
     t.diagnostic(`EIO taken by: ${hit ? `${hit.call} ${hit.path} (pid ${hit.pid})` : 'none'}; the record failed: ${c.logs.some((l) => /cannot record the outcome of a delivery attempt/.test(String(l.msg)))}`);
     assert.ok(bounceSeenAtThirdRun.every((n) => n >= 3), `no bounce before the attempt's record succeeded (run 3): ${bounceSeenAtThirdRun.join(', ')}`);
