@@ -23,7 +23,7 @@ before(async () => {
 });
 after(async () => { await c.stop(); });
 
-/** The first log line from `from` on whose message matches `pattern`. */
+/** The first log line, from index `from` on, whose message matches `pattern`. */
 const logAfter = (from: number, pattern: RegExp) => () => c.logs.slice(from).find((l) => pattern.test(String(l.msg)));
 
 test('a reload whose top level makes V8 run out of memory in a builtin (the thread sleeps for good at once, before the load is given up on) keeps the running generation too', { timeout: 120_000 }, async () => {
