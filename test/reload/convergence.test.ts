@@ -7,9 +7,7 @@ import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { MX_WITH_TABLE_CONFIG, mailFromReply, verdictScript } from './helpers.ts';
 
-// One isolate: every build (some fifty a run) compiles and runs each top level in every isolate of its pool, and what
-// these tests claim is which build ends in force, not how many isolates it has.
-const CONFIG = `${MX_WITH_TABLE_CONFIG}sandbox: { isolates: 1 }\n`;
+const CONFIG = MX_WITH_TABLE_CONFIG;
 
 /** A script rejecting MAIL FROM with `text`; `slow` adds a top level that computes for a while (within limits). */
 interface StatusFile { generation: number; reloads: number; failedReloads: number; lastError: string[] | null }
