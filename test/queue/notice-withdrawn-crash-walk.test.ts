@@ -12,10 +12,11 @@
 // (NOTIFY=SUCCESS,FAILURE: run 2 spools one). Whatever the point, the sender gets exactly one bounce naming `flaky`,
 // none naming `second`, and one success notice for `second` when it asked for one. CI takes the points around the replacement's commit (the last write of its
 // journal record's acknowledgement, and the record's first call after it); every point: POSTERN_CRASH_WALK_ALL=1
-// (some 6 minutes). Each shape's runs share one server and next hop, one after another: each starts with the spool
+// (some 6 minutes). All shapes' runs share one server and next hop, one after another: each starts with the spool
 // empty and the queue process ready (its run 2 in a queue process started after run 1's kill, as on a new server), and
-// a kill must land on the kind of call the counting run traced at that number.
-import { test } from 'node:test';
+// a kill must land on the kind of call the counting run traced at that number. A shape that fails stops the server:
+// the next starts one of its own.
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { crashWalk, startWalkedServer, workerAndQueueReady, type CrashAction, type CrashPoint } from '../helpers/crash-walk.ts';
 import { startSink, type Sink } from '../helpers/sink.ts';
@@ -99,9 +100,15 @@ const RECORD: Record<Shape, { call: string; pathEnd: string }> = {
 const isRecord = (shape: Shape, id: string, p: CrashPoint): boolean =>
   shape === 'deferred third' ? p.call === 'rename' && p.path.endsWith(`${id}.state`) : p.call === 'write' && p.path.endsWith('.done') && p.path.includes('/worker-');
 
+/** The server the last shape left running (none after a shape that failed). */
+let shared: Server | null = null;
+after(async () => { await shared?.stop(); });
+
 for (const shape of ['deferred third', 'finished', 'success asked'] as const) {
   test(`crash walk (${shape}): a run that withdraws a crashed run's notice and spools its replacement, killed up to its record, sends one bounce`, { timeout: 1_800_000 }, async (t) => {
-    const server = await startServer();
+    const server = shared ?? await startServer();
+    shared = null;
+    let passed = false;
     try {
       const counted = await life(server, shape, 0, 'none');
       assert.equal(naming(counted.bounces, 'flaky').length, 1);
@@ -127,8 +134,10 @@ for (const shape of ['deferred third', 'finished', 'success asked'] as const) {
         if (flaky !== 1 || second !== 0 || relayed !== expected) failures.push(`${where}: ${flaky} bounce(s) naming flaky, ${second} naming second, ${relayed} success notice(s) for second`);
       }
       assert.deepEqual(failures, []);
+      passed = true;
     } finally {
-      await server.stop();
+      if (passed) shared = server;
+      else await server.stop();
     }
   });
 }

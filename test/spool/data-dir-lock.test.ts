@@ -2,7 +2,7 @@
  * One server per data directory: a second `postern serve` on the same configuration is refused, naming
  * the first one's PID, before it touches the spool; the lock of a server killed with SIGKILL is taken over.
  */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { ONE_WORKER, startCluster } from '../helpers/cluster.ts';
+import { ONE_WORKER, startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { acquireDirectoryLock, DirectoryLockedError, LOCK_FILE } from '../../engine/spool/data-dir-lock.ts';
 
 const MAIN = fileURLToPath(new URL('../../engine/cli/main.ts', import.meta.url));
@@ -112,16 +112,25 @@ test('a directory lock is exclusive within a process too, is given back by relea
   acquireDirectoryLock(dir).release();
 });
 
+/** A server with an admin listener: the warning's test hands its own on to the lock file's test (a cluster's start and stop is much of a test's CPU). */
+const WITH_ADMIN = `${ONE_WORKER}admin: { listen: "127.0.0.1:{PORT:admin}" }\n`;
+let handed: { c: ClusterProcess; remove(): void } | null = null;
+const finish = async (h: { c: ClusterProcess; remove(): void }): Promise<void> => { await h.c.stop(); h.remove(); };
+after(async () => { if (handed) await finish(handed); });
+
 test('a data directory other local users can write to is warned about at start, naming it', { timeout: 90_000 }, async () => {
   const dataDir = join(mkdtempSync(join(tmpdir(), 'postern-open-data-')), 'data');
   mkdirSync(dataDir);
   chmodSync(dataDir, 0o777); // made beforehand (a shared volume, a careless mkdir): used as it is
-  const c = await startCluster({ config: ONE_WORKER, dataDir });
+  const c = await startCluster({ config: WITH_ADMIN, dataDir });
+  const server = { c, remove: () => rmSync(join(dataDir, '..'), { recursive: true, force: true }) };
+  let passed = false;
   try {
     await c.waitFor('the warning', () => c.logs.some((l) => l.level === 40 && String(l.msg).startsWith(`${dataDir}: writable by every local user (mode 777)`)));
+    passed = true;
+    handed = server;
   } finally {
-    await c.stop();
-    rmSync(join(dataDir, '..'), { recursive: true, force: true });
+    if (!passed) await finish(server);
   }
 });
 
@@ -157,7 +166,10 @@ test('a FIFO where a lock goes (the data directory\'s, a worker spool\'s) does n
 });
 
 test('the lock file removed while the server runs is made again (a second server is still refused); one naming another live process makes /readyz fail', { timeout: 90_000 }, async () => {
-  const c = await startCluster({ config: `${ONE_WORKER}admin: { listen: "127.0.0.1:{PORT:admin}" }\n` });
+  // The warning's test's server (its data directory's mode is no matter here), or one of its own.
+  const server = handed ?? { c: await startCluster({ config: WITH_ADMIN }), remove: () => undefined };
+  handed = null;
+  const { c } = server;
   const other = spawn('sleep', ['300'], { stdio: 'ignore' });
   try {
     const lockFile = join(c.dataDir, LOCK_FILE);
@@ -180,6 +192,6 @@ test('the lock file removed while the server runs is made again (a second server
     await c.waitFor('ready again', async () => (await readyz()).code === 200);
   } finally {
     other.kill();
-    await c.stop();
+    await finish(server);
   }
 });

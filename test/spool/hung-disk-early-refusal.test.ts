@@ -7,7 +7,7 @@
  * disk answers, mail is taken again without a restart, and /readyz is 200 again. The fault is injected at the C
  * library (test/helpers/disk-faults.c, preloaded); clients, worker and supervisor are real.
  */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -45,9 +45,49 @@ const readyz = async (port: number): Promise<{ status: number; body: { checks: R
   return { status: r.status, body: await r.json() as { checks: Record<string, { ok: boolean; detail?: string }> } };
 };
 
+/** One build of the library and one folder of armed faults for the whole file. */
+const faults = diskFaults();
+
+/** The server the reload test leaves (reloaded to CONFIG, its disk back), which the next test goes on with: a cluster's start and stop is much of a test's CPU. */
+let handed: ClusterProcess | null = null;
+after(async () => { await handed?.stop(); });
+
+test('spool.syncDeadlineMs changed by a reload: the next sync that hangs is refused at the new deadline', { timeout: 300_000 }, async () => {
+  // 5 minutes: a message refused within the 150 s send() waits was refused at the reloaded deadline. Reloaded, the
+  // configuration is CONFIG: the server goes on to the next test.
+  const c = await startCluster({ env: faults.env, config: CONFIG.replace(SYNC_DEADLINE, 'syncDeadlineMs: 300000') });
+  let passed = false;
+  try {
+    const config = join(c.dir, 'postern.yaml');
+    await writeFile(config, (await readFile(config, 'utf8')).replace('syncDeadlineMs: 300000', SYNC_DEADLINE));
+    const worker = await workerPid(c, 0);
+    await c.waitFor('the worker reloaded', () => c.logs.some((l) => l.msg === 'reloaded' && l.pid === worker));
+    assert.ok(!c.logs.some((l) => /needs a restart/.test(String(l.msg))), 'no restart needed');
+    const client = await greeted(c);
+    faults.armFor('fdatasync-hang', '.seg');
+    const hung = await send(client, 'hung');
+    assert.deepEqual([hung.stage, hung.code], ['end', 451]);
+    await c.waitFor('refused at the reloaded deadline',
+      () => c.logs.some((l) => l.msg === 'spooling failed' && AT_THE_DEADLINE.test(JSON.stringify(l))));
+    await client.quit();
+    // For the next test: the hang seen (/readyz 503), then its end (200 again), so that the next message is taken.
+    await c.waitFor('/readyz 503 while the sync hangs', async () => (await readyz(c.port('admin'))).status === 503);
+    faults.disarm('fdatasync-hang');
+    await c.waitFor('the disk back: /readyz 200', async () => (await readyz(c.port('admin'))).status === 200);
+    passed = true;
+    handed = c;
+  } finally {
+    faults.disarm('fdatasync-hang');
+    if (!passed) await c.stop();
+  }
+});
+
 test('a hung spool sync: new transactions refused at MAIL FROM and DATA (451 4.3.0, before the message is sent), one error line, /readyz 503 and the gauge at 1, status says it; the disk back, mail taken and ready again', { timeout: 300_000 }, async () => {
-  const faults = diskFaults();
-  const c = await startCluster({ env: faults.env, config: CONFIG });
+  // The reload test's server (its episode over), or one of its own.
+  const c = handed ?? await startCluster({ env: faults.env, config: CONFIG });
+  handed = null;
+  const firstLog = c.logs.length;
+  const logs = (): Array<Record<string, unknown>> => c.logs.slice(firstLog);
   const admin = c.port('admin');
   try {
     const first = await greeted(c);
@@ -66,7 +106,7 @@ test('a hung spool sync: new transactions refused at MAIL FROM and DATA (451 4.3
     const hung = await send(first, 'hung');
     assert.deepEqual([hung.stage, hung.code], ['end', 451], 'the message waiting for the sync: its 451 at the dot, as before');
     await c.waitFor('refused at the configured deadline (spool.syncDeadlineMs; the stall is looked at each second), not the default 30 s',
-      () => c.logs.some((l) => l.msg === 'spooling failed' && AT_THE_DEADLINE.test(JSON.stringify(l))));
+      () => logs().some((l) => l.msg === 'spooling failed' && AT_THE_DEADLINE.test(JSON.stringify(l))));
 
     const next = await greeted(c);
     const refused = await send(next, 'refused-early');
@@ -83,7 +123,7 @@ test('a hung spool sync: new transactions refused at MAIL FROM and DATA (451 4.3
     assert.deepEqual(replies.slice(1).map((r) => r.text), [], 'nothing after: closed');
 
     const episode = (l: Record<string, unknown>): boolean => /spool cannot confirm writes/.test(String(l.msg)) && l.level === 50;
-    await c.waitFor('one error line for the episode', () => c.logs.some(episode));
+    await c.waitFor('one error line for the episode', () => logs().some(episode));
     await c.waitFor('/readyz: the spool not ready', async () => (await readyz(admin)).status === 503);
     assert.match((await readyz(admin)).body.checks.spool!.detail ?? '', /cannot confirm/);
     await c.waitFor('the gauge says it', async () => (await scrapeMetrics(admin)).get('postern_spool_writes_unconfirmed') === 1);
@@ -102,32 +142,9 @@ test('a hung spool sync: new transactions refused at MAIL FROM and DATA (451 4.3
     }
     await c.waitFor('/readyz 200 again', async () => (await readyz(admin)).status === 200);
     await c.waitFor('the gauge back at 0', async () => (await scrapeMetrics(admin)).get('postern_spool_writes_unconfirmed') === 0);
-    await c.waitFor('the end of the episode said', () => c.logs.some((l) => /spool confirms writes again/.test(String(l.msg))));
-    assert.equal(c.logs.filter(episode).length, 1, 'one error line for the episode, not one per client');
+    await c.waitFor('the end of the episode said', () => logs().some((l) => /spool confirms writes again/.test(String(l.msg))));
+    assert.equal(logs().filter(episode).length, 1, 'one error line for the episode, not one per client');
     for (const cl of [first, begun, next]) await cl.quit();
-  } finally {
-    faults.disarm('fdatasync-hang');
-    await c.stop();
-  }
-});
-
-test('spool.syncDeadlineMs changed by a reload: the next sync that hangs is refused at the new deadline', { timeout: 300_000 }, async () => {
-  const faults = diskFaults();
-  // 5 minutes: a message refused within the 150 s send() waits was refused at the reloaded deadline.
-  const c = await startCluster({ env: faults.env, config: `${ONE_WORKER}spool: { syncDeadlineMs: 300000 }\n` });
-  try {
-    const config = join(c.dir, 'postern.yaml');
-    await writeFile(config, (await readFile(config, 'utf8')).replace('syncDeadlineMs: 300000', SYNC_DEADLINE));
-    const worker = await workerPid(c, 0);
-    await c.waitFor('the worker reloaded', () => c.logs.some((l) => l.msg === 'reloaded' && l.pid === worker));
-    assert.ok(!c.logs.some((l) => /needs a restart/.test(String(l.msg))), 'no restart needed');
-    const client = await greeted(c);
-    faults.armFor('fdatasync-hang', '.seg');
-    const hung = await send(client, 'hung');
-    assert.deepEqual([hung.stage, hung.code], ['end', 451]);
-    await c.waitFor('refused at the reloaded deadline',
-      () => c.logs.some((l) => l.msg === 'spooling failed' && AT_THE_DEADLINE.test(JSON.stringify(l))));
-    await client.quit();
   } finally {
     faults.disarm('fdatasync-hang');
     await c.stop();
@@ -144,7 +161,6 @@ async function onWorker(c: ClusterProcess, index: number): Promise<SmtpTestClien
 }
 
 test('a hung shared filesystem under two workers: each worker refuses once its own sync hangs; /readyz names every such worker, 200 again once both returned', { timeout: 300_000 }, async () => {
-  const faults = diskFaults();
   const c = await startCluster({ env: faults.env, config: `${TWO_WORKERS}${ROUND_ROBIN}admin: { listen: "127.0.0.1:{PORT:admin}" }\nspool: { ${SYNC_DEADLINE} }\n` });
   const admin = c.port('admin');
   try {

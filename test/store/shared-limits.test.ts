@@ -33,7 +33,9 @@ async function startServer(dir: string, redisUrl: string): Promise<Server> {
   await mkdir(join(dir, 'no-scripts'), { recursive: true }); // a named folder must exist; empty, it holds no scripts
   await writeFile(join(dir, 'scripts', 'rcptto.ts'), RCPTTO);
   await writeFile(join(dir, 'users'), `alice@example.com:${await hashPassword('alice-Password-1')}\nbob@example.com:${await hashPassword('bob-Password-1')}\n`);
+  // One worker each: the limits are shared across the two servers (its default, a worker per core, added nothing here).
   await writeFile(join(dir, 'postern.yaml'), `
+workers: 1
 dataDir: ./data
 scripts: ./scripts
 users: ./users
@@ -60,7 +62,7 @@ listeners:
     for (const m of out.matchAll(/"listener":"(\w+)","address":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"listening"/g)) ports.set(m[1]!, Number(m[2]));
     if (child.exitCode !== null) throw new Error(`postern exited:\n${out}`);
     return ports.size === 2;
-  }, `postern listening in ${dir}`);
+  }, `postern listening in ${dir}`, 60_000); // a start, not a speed test: as startCluster's (20 s ran out on a loaded machine)
   return { child, port: ports.get('submit')!, inboundPort: ports.get('inbound')!, output: () => out };
 }
 
