@@ -5,8 +5,8 @@
  */
 import { runInProcess } from '../helpers/cli-in-process.ts';
 import type { CliResult } from '../helpers/cli.ts';
-import { pkiInitCommand, pkiIssueCommand, pkiRevokeCommand } from '../../engine/cli/pki.ts';
-import { pinsAddCommand, pinsRemoveCommand } from '../../engine/cli/pins.ts';
+import { pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from '../../engine/cli/pki.ts';
+import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from '../../engine/cli/pins.ts';
 
 interface Where { config?: string; dir?: string }
 
@@ -16,10 +16,14 @@ export const here = {
     runInProcess(() => pkiIssueCommand(identity, { device: 'device', days: '730', key: 'ecdsa-p256', email: [], ...opts })),
   revoke: (what: string, opts: Where & { device?: string; all?: boolean; reason?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pkiRevokeCommand(what, opts)),
-  pinsAdd: (identity: string, certOrPin: string, opts: { config?: string; device?: string }): Promise<CliResult> =>
+  list: (opts: Where & { json?: boolean }): Promise<CliResult> => runInProcess(() => pkiListCommand(opts)),
+  pinsAdd: (identity: string, certOrPin: string, opts: { config?: string; device?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pinsAddCommand(identity, certOrPin, opts)),
-  pinsRemove: (what: string, opts: { config?: string; device?: string }): Promise<CliResult> =>
+  pinsRemove: (what: string, opts: { config?: string; device?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pinsRemoveCommand(what, opts)),
+  pinsList: (opts: { config?: string; json?: boolean }): Promise<CliResult> => runInProcess(() => pinsListCommand(opts)),
+  pinsLearn: (id: string, identity: string | undefined, opts: { config?: string; device?: string; log?: string; yes?: boolean; json?: boolean }): Promise<CliResult> =>
+    runInProcess(() => pinsLearnCommand(id, identity, opts)),
 };
 
 /** Its --json output, as posternJson: the command must succeed. */
