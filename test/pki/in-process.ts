@@ -12,7 +12,7 @@ interface Where { config?: string; dir?: string }
 
 export const here = {
   init: (dir: string): Promise<CliResult> => runInProcess(() => pkiInitCommand({ dir, name: 'Postern Mail CA', days: '3650', key: 'ecdsa-p256', crlDays: '365' })),
-  issue: (identity: string, opts: Where & { device?: string; out?: string; json?: boolean }): Promise<CliResult> =>
+  issue: (identity: string, opts: Where & { device?: string; key?: string; p12PasswordFile?: string; out?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pkiIssueCommand(identity, { device: 'device', days: '730', key: 'ecdsa-p256', email: [], ...opts })),
   revoke: (what: string, opts: Where & { device?: string; all?: boolean; reason?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pkiRevokeCommand(what, opts)),
