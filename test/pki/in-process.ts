@@ -17,7 +17,7 @@ export const here = {
   revoke: (what: string, opts: Where & { device?: string; all?: boolean; reason?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pkiRevokeCommand(what, opts)),
   list: (opts: Where & { json?: boolean }): Promise<CliResult> => runInProcess(() => pkiListCommand(opts)),
-  pinsAdd: (identity: string, certOrPin: string, opts: { config?: string; device?: string; json?: boolean }): Promise<CliResult> =>
+  pinsAdd: (identity: string, certOrPin: string, opts: { config?: string; listener?: string; device?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pinsAddCommand(identity, certOrPin, opts)),
   pinsRemove: (what: string, opts: { config?: string; device?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pinsRemoveCommand(what, opts)),
