@@ -11,7 +11,8 @@ import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } 
 interface Where { config?: string; dir?: string }
 
 export const here = {
-  init: (dir: string): Promise<CliResult> => runInProcess(() => pkiInitCommand({ dir, name: 'Postern Mail CA', days: '3650', key: 'ecdsa-p256', crlDays: '365' })),
+  init: (dir: string, opts: { days?: string; crlDays?: string } = {}): Promise<CliResult> =>
+    runInProcess(() => pkiInitCommand({ dir, name: 'Postern Mail CA', days: '3650', key: 'ecdsa-p256', crlDays: '365', ...opts })),
   issue: (identity: string, opts: Where & { device?: string; key?: string; p12PasswordFile?: string; out?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pkiIssueCommand(identity, { device: 'device', days: '730', key: 'ecdsa-p256', email: [], ...opts })),
   revoke: (what: string, opts: Where & { device?: string; all?: boolean; reason?: string; json?: boolean }): Promise<CliResult> =>
