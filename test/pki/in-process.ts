@@ -5,7 +5,7 @@
  */
 import { runInProcess } from '../helpers/cli-in-process.ts';
 import type { CliResult } from '../helpers/cli.ts';
-import { pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from '../../engine/cli/pki.ts';
+import { pkiCrlCommand, pkiInitCommand, pkiIssueCommand, pkiListCommand, pkiRevokeCommand } from '../../engine/cli/pki.ts';
 import { pinsAddCommand, pinsLearnCommand, pinsListCommand, pinsRemoveCommand } from '../../engine/cli/pins.ts';
 
 interface Where { config?: string; dir?: string }
@@ -18,6 +18,7 @@ export const here = {
   revoke: (what: string, opts: Where & { device?: string; all?: boolean; reason?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pkiRevokeCommand(what, opts)),
   list: (opts: Where & { json?: boolean }): Promise<CliResult> => runInProcess(() => pkiListCommand(opts)),
+  crl: (opts: Where & { json?: boolean }): Promise<CliResult> => runInProcess(() => pkiCrlCommand(opts)),
   pinsAdd: (identity: string, certOrPin: string, opts: { config?: string; listener?: string; device?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pinsAddCommand(identity, certOrPin, opts)),
   pinsRemove: (what: string, opts: { config?: string; device?: string; json?: boolean }): Promise<CliResult> =>
