@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { diskFaults, type DiskFaults } from '../helpers/disk-faults.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { runCli } from '../helpers/cli.ts';
+import { here } from '../pki/in-process.ts';
 import { promisify } from 'node:util';
 import { DEVELOPMENT_P12_PASSWORD, writeDevelopmentPki } from '../../engine/certificates/index.ts';
 
@@ -75,13 +76,14 @@ test('a development CRL lost after postern pki revoke used this CA: npm start re
   const dir = join(cwd, 'data', 'pki');
   await mkdir(cwd);
   await writeDevelopmentPki(dir, OPTIONS);
-  const revoke = await runCli(['pki', 'revoke', '1a2b3c4d5e6f', '--dir', dir], { cwd });
+  // pki revoke and pki crl run their command's function in this process (the same code); npm start is the command line.
+  const revoke = await here.revoke('1a2b3c4d5e6f', { dir });
   assert.equal(revoke.code, 0, revoke.stderr);
   await rm(join(dir, 'ca.crl'));
   const r = await runCli(['serve'], { cwd, timeoutMs: 60_000 });
   assert.equal(r.code, 1, r.stdout);
   assert.match(r.stderr, /ca\.crl: missing, and .*issued\.json records what it revoked/);
-  const crl = await runCli(['pki', 'crl', '--dir', dir], { cwd });
+  const crl = await here.crl({ dir });
   assert.equal(crl.code, 0, crl.stderr);
   assert.match((await writeDevelopmentPki(dir, OPTIONS)).created.join(), /^$/, 'the CRL made again is kept');
 });

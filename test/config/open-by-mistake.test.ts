@@ -8,6 +8,8 @@ import { Writable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { runCli } from '../helpers/cli.ts';
+import { runInProcess } from '../helpers/cli-in-process.ts';
+import { checkCommand } from '../../engine/cli/check.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { startPostern } from '../../engine/app/postern.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
@@ -20,6 +22,9 @@ before(async () => {
   pki = await makeTestPki();
   await mkdir(`${scratch.path}/scripts`);
 });
+
+/** `postern check --config FILE` with the same code in this process: for a case's variants, once its first is the real command line. */
+const checkHere = (config: string) => runInProcess(() => checkCommand({ config }));
 
 /** `line:column` of `value` in `text`. */
 function at(text: string, value: string): string {
@@ -56,7 +61,7 @@ ${more}`;
 
   // Our own CA alone is fine; and delivery may verify next hops against public roots (that is what they are for).
   const own = relaying(pki.ca.cert, `delivery:\n  caFiles: { public: ${bundle} }\n`);
-  const fine = await runCli(['check', '--config', await scratch.file('own.yaml', own)]);
+  const fine = await checkHere(await scratch.file('own.yaml', own));
   assert.equal(fine.code, 0, fine.stderr);
 });
 
@@ -77,7 +82,7 @@ ${tls}`;
   for (const [listen, more] of [['0.0.0.0:0', ''], ['[::]:0', ''], ['192.0.2.1:0', ''], ['127.0.0.1:0', proxied], ['localhost:0', proxied]]) {
     const text = listener(listen!, more).replace('EXTERNAL, ', '');
     const config = await scratch.file('cleartext.yaml', text);
-    const r = await runCli(['check', '--config', config]);
+    const r = listen === '0.0.0.0:0' ? await runCli(['check', '--config', config]) : await checkHere(config);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(warned.exec(r.stderr)?.[1], `${config}:${at(text, '[PLAIN')}`, `${listen}: ${r.stderr}`);
   }
@@ -86,7 +91,7 @@ ${tls}`;
     listener('0.0.0.0:0', `    tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key}, clientCertificates: request, caFiles: [${pki.ca.cert}] }\n`),
   ];
   for (const text of quiet) {
-    const r = await runCli(['check', '--config', await scratch.file('quiet.yaml', text)]);
+    const r = await checkHere(await scratch.file('quiet.yaml', text));
     assert.equal(r.code, 0, r.stderr);
     assert.doesNotMatch(r.stderr, /clear text/, text);
   }
@@ -154,7 +159,7 @@ delivery:
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr, `warning: ${config}:${at(text, 'laptop }')}: delivery.tls.clientCertificate: presented on tls.mode may (the default): a next hop that does not offer STARTTLS, or an attacker on the path who strips it, gets the mail in plaintext and no certificate, and a relay that relays for the certificate then refuses it (the mail bounces); set tls.mode encrypt or verify, or let a predelivery script choose the mode per destination\n`);
   for (const tls of ['{ mode: encrypt, clientCertificate: laptop }', '{ mode: verify, clientCertificate: laptop }', '{ mode: may }']) {
-    const quiet = await runCli(['check', '--config', await scratch.file('may-cert-quiet.yaml', delivery(tls))]);
+    const quiet = await checkHere(await scratch.file('may-cert-quiet.yaml', delivery(tls)));
     assert.equal(quiet.code, 0, quiet.stderr);
     assert.equal(quiet.stderr, '', tls);
   }

@@ -14,6 +14,7 @@ import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { postern, posternJson, run } from './helpers.ts';
 import { runCli } from '../helpers/cli.ts';
+import { here, hereJson } from './in-process.ts';
 import { pemToDer } from '../../engine/certificates/digests.ts';
 import { x509 } from '../../engine/certificates/x509-provider.ts';
 import { crlNumberOf, normalizeSerial } from '../../engine/pki/inventory.ts';
@@ -142,13 +143,17 @@ for (const [point, killedAt] of [['CRL', '/ca.crl'], ['inventory', '/issued.json
       const revoke = revokeLaptop(f.config);
 
       // Another command comes first (a colleague's issue), or the administrator, who saw the command die, runs it again.
-      const issue = (identity: string): Promise<Issued> => posternJson<Issued>(['pki', 'issue', identity, '--device', 'phone', '-c', f.config]);
+      // Run again as a command (its own process); the colleague's commands, the issues and the revoke after them, are
+      // the commands' functions in this process (the killed process's leftovers and its lock, dead, are the same to them).
+      const issue = (identity: string): Promise<Issued> => hereJson<Issued>(here.issue(identity, { device: 'phone', config: f.config, json: true }));
       if (next === 'issue another') {
         await issue('bob@example.com');
         history.push(await crlOnDisk(f.ca));
         checkHistory(history);
+        await hereJson(here.revoke('alice@example.com', { device: 'laptop', reason: 'keyCompromise', config: f.config, json: true }));
+      } else {
+        await posternJson(revoke);
       }
-      await posternJson(revoke);
       history.push(await crlOnDisk(f.ca));
       assert.ok(history.at(-1)!.serials.includes(laptop.certificate.serial), 'the CRL revokes the laptop');
       assert.doesNotMatch(await readFile(f.pins, 'utf8'), new RegExp(Buffer.from(laptop.certificate.pinSha256, 'hex').toString('base64url')), 'its key is unpinned');
@@ -173,7 +178,7 @@ test('pki revoke whose CRL may not be durable (the folder\'s fsync fails) says s
   assert.equal(r.code, 1, r.stdout);
   assert.match(r.stderr, /ca\.crl: written, but its folder could not be synced to disk .*do it again/);
   assert.doesNotMatch(r.stdout, /revoked alice/);
-  await posternJson(['pki', 'revoke', 'alice@example.com', '--device', 'laptop', '-c', f.config]);
+  await hereJson(here.revoke('alice@example.com', { device: 'laptop', config: f.config, json: true })); // run again (the same function)
   assert.ok((await crlOnDisk(f.ca)).serials.includes(f.laptop.certificate.serial));
 });
 
@@ -183,8 +188,9 @@ test('pins add/remove run as root keep the table\'s owner and mode: a server run
   for (const dir of [scratch.path, join(scratch.path, 'owner')]) await chmod(dir, 0o755);
   await chown(f.pins, serverUser.uid, serverUser.gid);
   await chmod(f.pins, 0o640);
+  // The remove as a command, the add as its function in this process (run as root all the same).
   for (const args of [['pins', 'remove', 'alice@example.com'], ['pins', 'add', 'alice@example.com', f.laptop.files.cert, '--device', 'laptop']]) {
-    const r = await postern([...args, '-c', f.config]);
+    const r = args[1] === 'remove' ? await postern([...args, '-c', f.config]) : await here.pinsAdd('alice@example.com', f.laptop.files.cert, { device: 'laptop', config: f.config });
     assert.equal(r.code, 0, r.stderr);
     const st = await stat(f.pins);
     assert.deepEqual([st.uid, st.gid, st.mode & 0o777], [serverUser.uid, serverUser.gid, 0o640], `after ${args.slice(0, 2).join(' ')}`);
@@ -203,7 +209,7 @@ test('pki init killed between the CA key and its certificate: init again names t
   assert.equal(again.code, 1);
   assert.match(again.stderr, /ca\.key: exists without .*ca\.crt: an earlier "postern pki init" was stopped before it finished.*delete it and run init again/);
   await rm(join(ca, 'ca.key'));
-  assert.equal((await postern(['pki', 'init', '--dir', ca])).code, 0);
+  assert.equal((await here.init(ca)).code, 0);
   assert.ok((await crlOnDisk(ca)).number >= 1);
 });
 
@@ -278,6 +284,6 @@ test('pki issue as root: a --out folder (devices/ by default) that another user 
   assert.equal(await readFile(join(f.ca, 'issued.json'), 'utf8').catch(() => null), before, 'nothing issued');
   // A folder of root's own, in the same CA folder, is fine.
   const mine = join(f.ca, 'mine');
-  const ok = await postern(['pki', 'issue', 'erin@example.com', '--device', 'laptop', '--out', mine, '-c', f.config]);
+  const ok = await here.issue('erin@example.com', { device: 'laptop', out: mine, config: f.config });
   assert.equal(ok.code, 0, ok.stderr);
 });

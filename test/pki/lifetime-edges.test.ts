@@ -8,6 +8,7 @@ import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { postern, run } from './helpers.ts';
+import { here } from './in-process.ts';
 
 const scratch = useScratchDir('postern-pki-lifetime-');
 
@@ -19,12 +20,13 @@ const endOf = async (file: string, kind: 'x509' | 'crl'): Promise<string> => {
 for (const days of ['3000000', '100000000']) {
   test(`pki init --days ${days}: refused, naming --days, before anything is written`, async () => {
     const dir = join(scratch.path, `ca-${days}`);
-    const r = await postern(['pki', 'init', '--dir', dir, '--days', days]);
+    // The first refusal is the command line's; the other, and the right inits, init's function in this process.
+    const r = days === '3000000' ? await postern(['pki', 'init', '--dir', dir, '--days', days]) : await here.init(dir, { days });
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`--days ${days}: the CA would end after 9999-12-31`));
     await assert.rejects(access(join(dir, 'ca.key')), 'no key of a CA that was never made');
     // The folder is free for a right init.
-    assert.equal((await postern(['pki', 'init', '--dir', dir])).code, 0);
+    assert.equal((await here.init(dir)).code, 0);
   });
 }
 

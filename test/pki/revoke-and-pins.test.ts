@@ -10,6 +10,7 @@ import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { until } from '../helpers/wait.ts';
 import { postern, posternJson, startPkiServer, type PkiServer } from './helpers.ts';
+import { here, hereJson } from './in-process.ts';
 import { createSelfSignedCertificate } from '../../engine/certificates/index.ts';
 import { readSightings } from '../../engine/pki/index.ts';
 
@@ -34,8 +35,11 @@ async function session(listener: string, cert: string, key: string): Promise<{ c
 
 interface Issued { certificate: { serial: string }; files: { pem: string; cert: string } }
 
+// Each command whose output is a claim here runs once as the command line (postern, posternJson); the issues that
+// set a case up and the further runs are the command's function in this process (here: the same code).
+
 test('pki revoke: new handshakes refused as revoked after the reload, an open session refused at MAIL FROM, pki list shows it', async () => {
-  const d = await posternJson<Issued>(['pki', 'issue', 'bob@example.com', '--device', 'laptop', '-c', s.config]);
+  const d = await hereJson<Issued>(here.issue('bob@example.com', { device: 'laptop', config: s.config, json: true }));
   const pem = await readFile(d.files.pem, 'utf8');
   const trust = () => s.server.servers.get('submission')!.trust;
   const cert = { serial: d.certificate.serial, pem: (await readFile(d.files.cert, 'utf8')).split(/(?<=-----END CERTIFICATE-----\n)/)[0]! };
@@ -73,12 +77,12 @@ test('pki revoke: new handshakes refused as revoked after the reload, an open se
   assert.equal(ehlo.text, '421 4.7.1 Client certificate not trusted (revoked)');
   await strict.waitClosed();
 
-  const list = await posternJson<{ certificates: Array<{ serial: string; status: string }> }>(['pki', 'list', '-c', s.config]);
+  const list = await hereJson<{ certificates: Array<{ serial: string; status: string }> }>(here.list({ config: s.config, json: true }));
   assert.equal(list.certificates.find((c) => c.serial === d.certificate.serial)?.status, 'revoked');
   const text = await postern(['pki', 'list', '-c', s.config]);
   assert.match(text.stdout, new RegExp(`bob@example\\.com +laptop +${d.certificate.serial} +\\S+ +revoked \\S+ \\(keyCompromise\\)`));
   // Revoking again changes nothing (the CRL is not rewritten).
-  const twice = await posternJson<{ revoked: unknown[]; alreadyRevoked: unknown[]; crl: unknown }>(['pki', 'revoke', d.certificate.serial, '-c', s.config]);
+  const twice = await hereJson<{ revoked: unknown[]; alreadyRevoked: unknown[]; crl: unknown }>(here.revoke(d.certificate.serial, { config: s.config, json: true }));
   assert.deepEqual([twice.revoked.length, twice.alreadyRevoked.length, twice.crl], [0, 1, null]);
 });
 
@@ -94,10 +98,10 @@ test('pins add from a certificate file: authenticates; pins remove: the open ses
   assert.equal((await open.client.command('MAIL FROM:<carol@example.com>')).code, 250);
   assert.equal((await open.client.command('RSET')).code, 250);
 
-  const listed = await posternJson<{ pins: Array<{ identity: string; device: string; pinSha256: string; lastSeen: string | null }> }>(['pins', 'list', '-c', s.config]);
+  const listed = await hereJson<{ pins: Array<{ identity: string; device: string; pinSha256: string; lastSeen: string | null }> }>(here.pinsList({ config: s.config, json: true }));
   assert.deepEqual(listed.pins.map((p) => [p.identity, p.device, p.pinSha256]), [['carol@example.com', 'phone', pinHex]]);
   // Adding the same key again (any spelling) is refused.
-  const dup = await postern(['pins', 'add', 'dave@example.com', certFile, '-c', s.config]);
+  const dup = await here.pinsAdd('dave@example.com', certFile, { config: s.config });
   assert.equal(dup.code, 1);
   assert.match(dup.stderr, /already pinned, for carol@example\.com \(device phone\)/);
 
@@ -113,10 +117,10 @@ test('pins add from a certificate file: authenticates; pins remove: the open ses
 });
 
 test('pki revoke also unpins the revoked key: a listener without the CA\'s CRL (pins only) stops taking the device too', async () => {
-  const d = await posternJson<Issued>(['pki', 'issue', 'erin@example.com', '--device', 'tablet', '-c', s.config]);
+  const d = await hereJson<Issued>(here.issue('erin@example.com', { device: 'tablet', config: s.config, json: true }));
   const pem = await readFile(d.files.pem, 'utf8');
   const table = () => s.server.runtime.generation.tables.get('pins')!;
-  const pinHex = (await posternJson<{ added: { pinSha256: string } }>(['pins', 'add', 'erin@example.com', d.files.cert, '--device', 'tablet', '-c', s.config])).added.pinSha256;
+  const pinHex = (await hereJson<{ added: { pinSha256: string } }>(here.pinsAdd('erin@example.com', d.files.cert, { device: 'tablet', config: s.config, json: true }))).added.pinSha256;
   await until('the pin table is reloaded with the pin', () => table().get(pinHex) === 'erin@example.com');
   const open = await session('pinned', pem, pem);
   assert.equal(open.auth, 235);
@@ -146,7 +150,7 @@ test('pins learn: shows the certificate of a logged connection, adds it with --y
   assert.equal(dry.code, 2, dry.stderr);
   assert.match(dry.stdout, /Would add to .*pins:\n {2}[A-Za-z0-9_-]{43} dave@example\.com {3}\(device laptop\)\n {2}certificate CN=dave laptop/);
   assert.doesNotMatch(await readFile(s.pins, 'utf8'), /dave/);
-  const added = await posternJson<{ added: boolean; entry: { pinSha256: string } }>(['pins', 'learn', cid, 'dave@example.com', '--device', 'laptop', '--log', log, '--yes', '-c', s.config]);
+  const added = await hereJson<{ added: boolean; entry: { pinSha256: string } }>(here.pinsLearn(cid, 'dave@example.com', { device: 'laptop', log, yes: true, config: s.config, json: true }));
   assert.equal(added.added, true);
   await until('the pin table is reloaded with the learnt pin', () => s.server.runtime.generation.tables.get('pins')!.get(added.entry.pinSha256) === 'dave@example.com');
   const second = await session('pinned', device.cert, device.key);
@@ -159,10 +163,10 @@ test('pins learn: shows the certificate of a logged connection, adds it with --y
   await third.client.quit();
   const cid3 = third.tlsLog!.cid as string;
   await until('the sighting is written', async () => [...(await readSightings(join(s.server.dir, 'data'))).values()].some((x) => x.lastConnection === cid3));
-  const plan = await posternJson<{ added: boolean; subject: string; identity: string }>(['pins', 'learn', cid3, 'erin@example.com', '-c', s.config]);
+  const plan = await hereJson<{ added: boolean; subject: string; identity: string }>(here.pinsLearn(cid3, 'erin@example.com', { config: s.config, json: true }));
   assert.deepEqual([plan.added, plan.subject, plan.identity], [false, 'CN=erin tablet', 'erin@example.com']);
   // By queue id: the certificate that submitted a message still in the queue, and the account it logged in as.
-  const issued = await posternJson<{ files: { pem: string }; facts: { pin: { sha256: string } } }>(['pki', 'issue', 'ivy@example.com', '--device', 'desk', '-c', s.config]);
+  const issued = await hereJson<{ files: { pem: string }; facts: { pin: { sha256: string } } }>(here.issue('ivy@example.com', { device: 'desk', config: s.config, json: true }));
   const pem = await readFile(issued.files.pem, 'utf8');
   const sender = await session('submission', pem, pem);
   assert.equal(sender.auth, 235);
@@ -171,7 +175,7 @@ test('pins learn: shows the certificate of a logged connection, adds it with --y
   const queueId = /queued as (\w+)/.exec(queued.text)![1]!;
   const byQueue = await posternJson<{ pin: string; identity: string; from: string }>(['pins', 'learn', queueId, '-c', s.config]);
   assert.deepEqual(byQueue, { ...byQueue, pin: Buffer.from(issued.facts.pin.sha256, 'hex').toString('base64url'), identity: 'ivy@example.com', from: `queued message ${queueId}` });
-  const unknown = await postern(['pins', 'learn', 'nosuchconnection', 'x@example.com', '-c', s.config]);
+  const unknown = await here.pinsLearn('nosuchconnection', 'x@example.com', { config: s.config });
   assert.equal(unknown.code, 1);
   assert.match(unknown.stderr, /no client certificate found for nosuchconnection/);
 });

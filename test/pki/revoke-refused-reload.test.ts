@@ -4,11 +4,12 @@
 // `pins remove` does.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { until } from '../helpers/wait.ts';
-import { externalLogin, issueDevice, postern, startPkiServer } from './helpers.ts';
+import { externalLogin, postern, startPkiServer } from './helpers.ts';
+import { here, hereJson } from './in-process.ts';
 
 let pki: TestPki;
 before(async () => { pki = await makeTestPki(); });
@@ -16,10 +17,12 @@ before(async () => { pki = await makeTestPki(); });
 test('revoked while a reload is refused: the command says the revocation waits for the fix; after it the certificate is refused', async () => {
   const { server, config } = await startPkiServer(pki);
   try {
-    const laptop = await issueDevice(config, 'alice@example.com');
+    // Set up by the commands' functions in this process (the same code); the revoke and pins remove are the command line.
+    const issued = await hereJson<{ files: { cert: string; key: string } }>(here.issue('alice@example.com', { device: 'laptop', config, json: true }));
+    const laptop = { cert: await readFile(issued.files.cert, 'utf8'), key: await readFile(issued.files.key, 'utf8') };
     const external = (): Promise<number> => externalLogin(server, 'submission', pki, laptop);
     assert.equal(await external(), 235, 'logs in before (the test can fail)');
-    assert.equal((await postern(['pins', 'add', 'bob@example.com', pki.clients.alice.cert, '--listener', 'pinned', '-c', config])).code, 0);
+    assert.equal((await here.pinsAdd('bob@example.com', pki.clients.alice.cert, { listener: 'pinned', config })).code, 0);
     const script = join(server.dir, 'scripts', 'mailfrom.ts');
     await writeFile(script, 'export default (ctx) => {\n  return reject(;\n};\n');
     await until('the half-edited script refused', () => server.reloader.status.data.lastError !== null, { timeoutMs: 60_000 });
