@@ -3,7 +3,7 @@
 // or an answer without end. Each is a server that runs and does not answer properly: exit 4 with what it sent,
 // never "not running" (exit 3, which sends an on-call to start a second server) nor a crash with a stack trace
 // after the client's memory filled. Nor when the server closes the connection unanswered. (The real server's 64
-// connections full of half-sent requests no longer keep `postern status` out: engine/connection-limits/connection-room.ts.)
+// connections full of half-sent requests: test/cli/status-socket-removed.test.ts, on its server.)
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -11,8 +11,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCli } from '../helpers/cli.ts';
-import { startCluster } from '../helpers/cluster.ts';
-import { until } from '../helpers/wait.ts';
 
 const dirs: string[] = [];
 after(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }); });
@@ -115,29 +113,5 @@ test('a server that closes the connection unanswered: exit 4 "closed without an 
     assert.match(r.stderr, /closed the connection without an answer/);
   } finally {
     await peer.close();
-  }
-});
-
-test('the status socket full (64 connections sending half a request): one that asks nothing makes room, the status is answered', { timeout: 120_000 }, async () => {
-  const c = await startCluster({ config: 'workers: 1\nlocalDomains: [example.test]\nlisteners:\n  - { name: in, listen: "127.0.0.1:{PORT:in}" }\n' });
-  const held: net.Socket[] = [];
-  try {
-    const config = join(c.dir, 'postern.yaml');
-    assert.equal((await runCli(['status', '--config', config])).code, 0);
-    // The server's own user (a monitoring loop gone wrong, a shell left open in socat): 64 is the socket's bound.
-    let accepted = 0;
-    let closed = 0;
-    await Promise.all(Array.from({ length: 64 }, () => new Promise<void>((resolve) => {
-      const s = net.connect(join(c.dataDir, 'postern.sock'), () => { accepted++; s.write('GET /status HTTP/1.1\r\n'); resolve(); });
-      s.on('error', () => resolve()).on('close', () => closed++);
-      held.push(s);
-    })));
-    assert.equal(accepted, 64);
-    const r = await runCli(['status', '--config', config]);
-    assert.equal(r.code, 0, r.stderr);
-    await until('a connection that sent half a request closed to make room', () => closed >= 1);
-  } finally {
-    for (const s of held) s.destroy();
-    await c.stop();
   }
 });

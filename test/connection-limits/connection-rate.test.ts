@@ -5,12 +5,12 @@
  * `postern serve` over every worker (round robin puts consecutive connections on different workers). The
  * clients' addresses come in PROXY headers (the test is the trusted balancer), so several can be tried.
  */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { proxyV2 } from '../helpers/proxy-header.ts';
-import { startCluster, ROUND_ROBIN, TWO_WORKERS } from '../helpers/cluster.ts';
+import { startCluster, ROUND_ROBIN, TWO_WORKERS, type ClusterProcess } from '../helpers/cluster.ts';
 import { makeTestPki } from '../helpers/pki.ts';
 import { readFile } from 'node:fs/promises';
 import { metrics } from '../../engine/metrics/metrics.ts';
@@ -60,33 +60,40 @@ listeners:
   }
 });
 
-test('postern serve, two workers round robin: the count holds over both', async () => {
-  const c = await startCluster({ config: `${TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', LIMITS)}${ROUND_ROBIN}` });
-  try {
-    await assertRateLimit(c.port('in'));
-  } finally {
-    await c.stop();
-  }
-});
-
-/** An implicit-TLS listener `smtps` on `listen` allowing 3 connections an hour per address, and the CA its clients trust. */
-async function implicitTlsRate(listen: string): Promise<{ config: string; ca: string }> {
+/** An implicit-TLS listener `smtps` on `listen` allowing 3 connections an hour per address (a `listeners:` item), and the CA its clients trust. */
+async function implicitTlsRate(listen: string): Promise<{ listener: string; ca: string }> {
   const pki = await makeTestPki();
-  const config = `
-localDomains: [example.test]
-listeners:
-  - name: smtps
+  const listener = `  - name: smtps
     listen: ${listen}
     reverseDns: false
     tls: { mode: implicit, cert: ${pki.server.cert}, key: ${pki.server.key} }
     limits: { greetingDelayMs: 0, connectionRatePerIp: { count: 3, windowSeconds: 3600 } }
 `;
-  return { config, ca: await readFile(pki.ca.cert, 'utf8') };
+  return { listener, ca: await readFile(pki.ca.cert, 'utf8') };
 }
 
+/**
+ * One `postern serve` (two workers, round robin) for the two tests of it, each on a listener of its own: `in` (its
+ * clients named by PROXY headers) and `smtps`, whose clients come from 127.0.0.1 itself. The second test stops it.
+ */
+let served: Promise<{ c: ClusterProcess; ca: string }> | undefined;
+after(async () => { await (await served?.catch(() => undefined))?.c.stop(); });
+function servedCluster(): Promise<{ c: ClusterProcess; ca: string }> {
+  served ??= (async () => {
+    const { listener, ca } = await implicitTlsRate('127.0.0.1:{PORT:smtps}');
+    return { c: await startCluster({ config: `${TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', LIMITS)}${listener}${ROUND_ROBIN}` }), ca };
+  })();
+  return served;
+}
+
+test('postern serve, two workers round robin: the count holds over both', async () => {
+  const { c } = await servedCluster();
+  await assertRateLimit(c.port('in'));
+});
+
 test('implicit TLS: a connection over the rate is closed before its handshake, not handshaken to read a 421', async () => {
-  const { config, ca } = await implicitTlsRate('127.0.0.1:0');
-  const server = await startTestServer({ config });
+  const { listener, ca } = await implicitTlsRate('127.0.0.1:0');
+  const server = await startTestServer({ config: `localDomains: [example.test]\nlisteners:\n${listener}` });
   const handshakes = async () => (await metrics.tlsHandshakes.get()).values.filter((v) => v.labels.listener === 'smtps').reduce((n, v) => n + v.value, 0);
   try {
     const port = server.port('smtps');
@@ -112,8 +119,7 @@ test('implicit TLS: a connection over the rate is closed before its handshake, n
 });
 
 test('postern serve, implicit TLS: over the rate counted over both workers, closed before the handshake', async () => {
-  const { config, ca } = await implicitTlsRate('127.0.0.1:{PORT:smtps}');
-  const c = await startCluster({ config: `workers: 2\n${ROUND_ROBIN}${config}` });
+  const { c, ca } = await servedCluster();
   try {
     const connect = () => SmtpTestClient.connect(c.port('smtps'), { implicitTls: { ca, servername: 'localhost' } });
     for (let i = 0; i < 3; i++) {
@@ -124,6 +130,7 @@ test('postern serve, implicit TLS: over the rate counted over both workers, clos
     for (let i = 0; i < 3; i++) await assert.rejects(connect(), `connection ${i + 4} is closed before TLS`);
     await c.waitFor('the three decision lines', () => c.logs.filter((l) => l.reason === 'limits.connectionRatePerIp: over the rate (closed before TLS)').length === 3);
   } finally {
+    served = undefined;
     await c.stop();
   }
 });

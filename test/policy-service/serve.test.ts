@@ -4,7 +4,7 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster.ts';
 import { PolicyClient, rcptRequest, requestText } from './helpers/policy-client.ts';
@@ -80,31 +80,26 @@ test('a worker that dies is replaced; new connections are served', async () => {
 });
 
 test('limits.maxConnections holds for the whole server, not per worker: over it an idle connection is closed for the new one', async () => {
-  const limited = await startCluster({
-    config: `
-workers: 2
-localDomains: [example.org]
-policyServices:
-  - { name: postfix, listen: '127.0.0.1:{PORT:policy}', limits: { maxConnections: 3 } }
-`,
-  });
-  try {
-    const port = limited.port('policy');
-    // Three connections, each answered: handed to the two workers in turn (2 + 1), each counted.
-    const open = await Promise.all(Array.from({ length: 3 }, () => PolicyClient.connect({ port })));
-    for (const client of open) assert.equal(await client.ask(rcptRequest({ recipient: 'x@example.org' })), 'action=DUNNO');
-    // The fourth is over the limit whichever worker gets it (per worker, neither would be at 3): it is answered,
-    // and the idle connection of that worker that has gone longest without progress is closed for it.
-    let closedOnes = 0;
-    for (const client of open) void client.closed.then(() => closedOnes++);
-    const fourth = await PolicyClient.connect({ port });
-    fourth.send(requestText(rcptRequest({ recipient: 'x@example.org' })));
-    assert.equal(await Promise.race([fourth.closed.then(() => 'closed'), fourth.next()]), 'action=DUNNO');
-    await limited.waitFor('one of the three closed for it', () => closedOnes === 1);
-    await limited.waitFor('logged', () => limited.logs.some((l) => l.msg === 'policy service: too many connections, the one idle longest closed for each new one'));
-    open.push(fourth);
-    for (const client of open) client.close();
-  } finally {
-    await limited.stop();
-  }
+  // The same server (a start of its own cost two workers more), the limit set by a reload: every worker takes it.
+  const config = join(c.dir, 'postern.yaml');
+  const mark = c.logs.length;
+  await writeFile(config, (await readFile(config, 'utf8')).replace(/listen: '127\.0\.0\.1:(\d+)' \}/, "listen: '127.0.0.1:$1', limits: { maxConnections: 3 } }"));
+  const workers = (await c.cluster()).processes.filter((p) => p.role === 'worker').map((p) => p.pid);
+  await c.waitFor('every worker reloaded', () => workers.every((pid) => c.logs.slice(mark).some((l) => l.msg === 'reloaded' && l.pid === pid)));
+  const answer = 'action=554 5.7.1 second version'; // the script of the edit above
+  const port = c.port('policy');
+  // Three connections, each answered: handed to the two workers in turn (2 + 1), each counted.
+  const open = await Promise.all(Array.from({ length: 3 }, () => PolicyClient.connect({ port })));
+  for (const client of open) assert.equal(await client.ask(rcptRequest({ recipient: 'x@example.org' })), answer);
+  // The fourth is over the limit whichever worker gets it (per worker, neither would be at 3): it is answered,
+  // and the idle connection of that worker that has gone longest without progress is closed for it.
+  let closedOnes = 0;
+  for (const client of open) void client.closed.then(() => closedOnes++);
+  const fourth = await PolicyClient.connect({ port });
+  fourth.send(requestText(rcptRequest({ recipient: 'x@example.org' })));
+  assert.equal(await Promise.race([fourth.closed.then(() => 'closed'), fourth.next()]), answer);
+  await c.waitFor('one of the three closed for it', () => closedOnes === 1);
+  await c.waitFor('logged', () => c.logs.some((l) => l.msg === 'policy service: too many connections, the one idle longest closed for each new one'));
+  open.push(fourth);
+  for (const client of open) client.close();
 });

@@ -8,10 +8,10 @@ import { networkInterfaces, tmpdir } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
-import { makeTestPki } from '../helpers/pki.ts';
+import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { once } from 'node:events';
 import { until } from '../helpers/wait.ts';
-import { SERVICE_USER, directive, startUnderUnit, unitEmulationSkip, unitSeconds, unitService } from '../helpers/systemd-unit.ts';
+import { SERVICE_USER, type UnitServer, directive, startUnderUnit, unitEmulationSkip, unitSeconds, unitService } from '../helpers/systemd-unit.ts';
 import { rcptRequest, requestText } from '../policy-service/helpers/policy-client.ts';
 import { runCli } from '../helpers/cli.ts';
 import { join } from 'node:path';
@@ -41,42 +41,94 @@ async function freePrivilegedPort(): Promise<number> {
 // An address of this machine's interfaces other than loopback (which the loop check knows without asking).
 const interfaceAddress = Object.values(networkInterfaces()).flat().find((i) => i?.family === 'IPv4' && !i.internal)?.address ?? '127.0.0.1';
 
-test('under the unit: port 25 on every address as the service user, no core dumps; a next hop that is this server bounces as a loop (the interfaces are read without netlink)', { skip, timeout: 120_000 }, async () => {
-  const port = await freePrivilegedPort();
-  assert.ok(!existsSync(cacheDirectory), 'the first start of this file: its cache is new');
-  const s = await startUnderUnit({
-    cacheDirectory,
-    ports: { mx: port },
-    config: `dataDir: /var/lib/postern
+const postfix = (() => {
+  const [uid, gid] = /^postfix:[^:]*:(\d+):(\d+):/m.exec(readFileSync('/etc/passwd', 'utf8'))?.slice(1).map(Number) ?? [];
+  return uid === undefined ? null : { uid, gid: gid! };
+})();
+
+// docs/postfix-policy.md's lines, as an administrator copies them (the policy service test asserts they are found).
+const policyDocs = (() => {
+  const page = readFileSync(new URL('../../docs/postfix-policy.md', import.meta.url), 'utf8');
+  const folder = /^install -d -o postern -g postfix -m (\d+) (\/var\/spool\/postfix\/\S+)$/m.exec(page);
+  return { folder, listen: /^ {4}listen: (unix:\S+)$/m.exec(page)?.[1], socket: /^ {4}socket: (\{.*\})$/m.exec(page)?.[1] };
+})();
+const withPolicyService = !!(postfix && policyDocs.folder && policyDocs.listen && policyDocs.socket);
+
+interface Shared { s: UnitServer; mx: number; tls: TestPki; device: string }
+
+/**
+ * One start under the unit for the three tests that do not stop, reload or fail it (each start costs its ExecStartPre
+ * check, a supervisor, a worker and a queue process): port 25 with a next hop that is itself, the policy service socket
+ * of docs/postfix-policy.md (with a postfix user), and a STARTTLS listener verifying against root's CA in
+ * /etc/postern/ca. The first test starts it (the file's first start: a new cache), the pki test stops it.
+ */
+let shared: Promise<Shared> | undefined;
+after(async () => { await (await shared?.catch(() => undefined))?.s.stop(); });
+function sharedServer(): Promise<Shared> {
+  shared ??= (async () => {
+    const mx = await freePrivilegedPort();
+    assert.ok(!existsSync(cacheDirectory), 'the first start of this file: its cache is new');
+    const tls = await makeTestPki(); // the server's own certificate
+    let device = '';
+    const { folder, listen, socket } = policyDocs;
+    const s = await startUnderUnit({
+      cacheDirectory,
+      ports: { mx },
+      folders: withPolicyService ? [{ unitPath: folder![2]!, uid: SERVICE_USER.uid, gid: postfix!.gid, mode: parseInt(folder![1]!, 8) }] : [],
+      files: { '/etc/postern/tls/mx.crt': readFileSync(tls.server.cert, 'utf8'), '/etc/postern/tls/mx.key': readFileSync(tls.server.key, 'utf8') },
+      async prepare(path) {
+        const ca = path('/etc/postern/ca');
+        const init = await runCli(['pki', 'init', '--dir', ca, '--name', 'Example Mail CA']); // as root: sudo
+        assert.equal(init.code, 0, init.stderr);
+        const issued = await runCli(['pki', 'issue', 'alice@example.test', '--device', 'laptop', '--dir', ca, '--json']);
+        assert.equal(issued.code, 0, issued.stderr);
+        device = join(ca, 'devices', readdirSync(join(ca, 'devices')).find((f) => f.endsWith('.pem'))!);
+      },
+      config: `dataDir: /var/lib/postern
 workers: 1
-localDomains: [loop.test]
+localDomains: [loop.test, example.org, example.test]
 listeners:
   - { name: mx, listen: "0.0.0.0:{PORT:mx}", reverseDns: false, limits: { greetingDelayMs: 0 } }
+  - name: in
+    listen: "127.0.0.1:{PORT:in}"
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
+    tls: { mode: starttls, cert: /etc/postern/tls/mx.crt, key: /etc/postern/tls/mx.key, clientCertificates: request, caFiles: [/etc/postern/ca/ca.crt], crlFiles: [/etc/postern/ca/ca.crl] }
+    certificateIdentity: { field: emailAddress }
 delivery:
   route: { smarthost: { host: ${interfaceAddress}, port: {PORT:mx} } }
   tls: { mode: none }
   scanIntervalMs: 200
-`,
-  });
-  try {
-    // Type=notify: startUnderUnit returned at READY=1, as systemctl start does; the port answers then.
-    assert.deepEqual(s.notifications, ['READY=1']);
-    const c = await SmtpTestClient.connect(port);
-    assert.equal((await c.read(30_000)).code, 220);
-    assert.equal((await c.command('EHLO client.test', 30_000)).code, 250);
-    const r = await c.sendMail('a@sender.test', ['u@loop.test'], 'Subject: loop\r\n\r\nx\r\n');
-    assert.equal(r.code, 250, r.text);
-    await c.quit();
-    const id = /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
-    const line = await s.waitFor('the delivery line', () => s.logs.find((l) => l.id === id && (l.status === 'bounced' || l.status === 'deferred')), 20_000).catch((err: Error) => { throw new Error(`${err.message}\n${s.lines.slice(-15).join('\n')}`); });
-    assert.match(String(line.reply), /loops back to myself/, JSON.stringify(line));
-    // CacheDirectory=: the code compiled for the service's processes is kept there (bin/compile-cache.js).
-    const cache = s.path('/var/cache/postern');
-    assert.ok(readdirSync(cache).flatMap((sub) => readdirSync(join(cache, sub))).length > 10, 'compiled code kept in /var/cache/postern');
-    // LimitCORE=0: no process holding the keys (the supervisor, the worker, the queue process) can leave a core dump.
-    const pids = [s.proc.pid!, ...(await s.cluster()).processes.map((p) => p.pid!)];
-    for (const pid of pids) assert.match(readFileSync(`/proc/${pid}/limits`, 'utf8'), /^Max core file size +0 +0 +bytes/m, `process ${pid}`);
-  } finally { await s.stop(); }
+${withPolicyService ? `policyServices:
+  - name: postfix
+    listen: ${listen}
+    socket: ${socket}
+` : ''}`,
+    });
+    return { s, mx, tls, device };
+  })();
+  return shared;
+}
+
+test('under the unit: port 25 on every address as the service user, no core dumps; a next hop that is this server bounces as a loop (the interfaces are read without netlink)', { skip, timeout: 120_000 }, async () => {
+  const { s, mx: port } = await sharedServer();
+  // Type=notify: startUnderUnit returned at READY=1, as systemctl start does; the port answers then.
+  assert.deepEqual(s.notifications, ['READY=1']);
+  const c = await SmtpTestClient.connect(port);
+  assert.equal((await c.read(30_000)).code, 220);
+  assert.equal((await c.command('EHLO client.test', 30_000)).code, 250);
+  const r = await c.sendMail('a@sender.test', ['u@loop.test'], 'Subject: loop\r\n\r\nx\r\n');
+  assert.equal(r.code, 250, r.text);
+  await c.quit();
+  const id = /queued as ([0-9a-z]+)/.exec(r.text)![1]!;
+  const line = await s.waitFor('the delivery line', () => s.logs.find((l) => l.id === id && (l.status === 'bounced' || l.status === 'deferred')), 20_000).catch((err: Error) => { throw new Error(`${err.message}\n${s.lines.slice(-15).join('\n')}`); });
+  assert.match(String(line.reply), /loops back to myself/, JSON.stringify(line));
+  // CacheDirectory=: the code compiled for the service's processes is kept there (bin/compile-cache.js).
+  const cache = s.path('/var/cache/postern');
+  assert.ok(readdirSync(cache).flatMap((sub) => readdirSync(join(cache, sub))).length > 10, 'compiled code kept in /var/cache/postern');
+  // LimitCORE=0: no process holding the keys (the supervisor, the worker, the queue process) can leave a core dump.
+  const pids = [s.proc.pid!, ...(await s.cluster()).processes.map((p) => p.pid!)];
+  for (const pid of pids) assert.match(readFileSync(`/proc/${pid}/limits`, 'utf8'), /^Max core file size +0 +0 +bytes/m, `process ${pid}`);
 });
 
 /** What a client running as `user` gets from the unix socket at `path`: the answer line, or the error code. */
@@ -89,41 +141,20 @@ s.on('data', (d) => { process.stdout.write(String(d).split('\\n')[0]); s.destroy
   return r.stdout;
 }
 
-const postfix = (() => {
-  const [uid, gid] = /^postfix:[^:]*:(\d+):(\d+):/m.exec(readFileSync('/etc/passwd', 'utf8'))?.slice(1).map(Number) ?? [];
-  return uid === undefined ? null : { uid, gid: gid! };
-})();
-
 test('under the unit: the policy service socket of docs/postfix-policy.md is made in Postfix\'s queue folder, for Postfix and no one else, with no CAP_CHOWN', { skip: skip || (!postfix && 'no postfix user'), timeout: 120_000 }, async () => {
-  const docs = readFileSync(new URL('../../docs/postfix-policy.md', import.meta.url), 'utf8');
   // The docs' lines, as an administrator copies them.
-  const folder = /^install -d -o postern -g postfix -m (\d+) (\/var\/spool\/postfix\/\S+)$/m.exec(docs);
+  const { folder, listen, socket } = policyDocs;
   assert.ok(folder, 'docs/postfix-policy.md: the install line of the socket folder');
-  const listen = /^ {4}listen: (unix:\S+)$/m.exec(docs)?.[1];
-  const socket = /^ {4}socket: (\{.*\})$/m.exec(docs)?.[1];
   assert.ok(listen && socket, 'docs/postfix-policy.md: the listen and socket lines');
   assert.ok(listen.startsWith(`unix:${folder[2]}/`), `${listen} in ${folder[2]}`);
-  const s = await startUnderUnit({
-    cacheDirectory,
-    folders: [{ unitPath: folder[2]!, uid: SERVICE_USER.uid, gid: postfix!.gid, mode: parseInt(folder[1]!, 8) }],
-    config: `dataDir: /var/lib/postern
-workers: 1
-localDomains: [example.org]
-policyServices:
-  - name: postfix
-    listen: ${listen}
-    socket: ${socket}
-`,
-  });
-  try {
-    const path = s.path(listen.slice(5));
-    await s.waitFor('the policy service', () => s.logs.some((l) => l.msg === 'supervisor started'));
-    assert.equal(askAs(postfix!, path), 'action=DUNNO');
-    assert.equal(askAs({ uid: 65534, gid: 65534 }, path), 'EACCES', 'another local user');
-    const st = statSync(path);
-    assert.equal(st.uid, SERVICE_USER.uid);
-    assert.equal(st.gid, postfix!.gid);
-  } finally { await s.stop(); }
+  const { s } = await sharedServer();
+  const path = s.path(listen.slice(5));
+  await s.waitFor('the policy service', () => s.logs.some((l) => l.msg === 'supervisor started'));
+  assert.equal(askAs(postfix!, path), 'action=DUNNO');
+  assert.equal(askAs({ uid: 65534, gid: 65534 }, path), 'EACCES', 'another local user');
+  const st = statSync(path);
+  assert.equal(st.uid, SERVICE_USER.uid);
+  assert.equal(st.gid, postfix!.gid);
 });
 
 test('under the unit: a socket.owner it cannot give fails the start naming CAP_CHOWN and what works without it', { skip: skip || (!postfix && 'no postfix user'), timeout: 120_000 }, async () => {
@@ -140,31 +171,7 @@ policyServices:
 });
 
 test('`sudo postern pki init` in /etc/postern/ca (docs/client-certificates.md): the server under the unit verifies the devices it issues; in the data directory, the server issues with it itself (the account page)', { skip, timeout: 180_000 }, async () => {
-  const tls = await makeTestPki(); // the server's own certificate
-  let device = '';
-  const s = await startUnderUnit({
-    cacheDirectory,
-    files: { '/etc/postern/tls/mx.crt': readFileSync(tls.server.cert, 'utf8'), '/etc/postern/tls/mx.key': readFileSync(tls.server.key, 'utf8') },
-    async prepare(path) {
-      const ca = path('/etc/postern/ca');
-      const init = await runCli(['pki', 'init', '--dir', ca, '--name', 'Example Mail CA']); // as root: sudo
-      assert.equal(init.code, 0, init.stderr);
-      const issued = await runCli(['pki', 'issue', 'alice@example.test', '--device', 'laptop', '--dir', ca, '--json']);
-      assert.equal(issued.code, 0, issued.stderr);
-      device = join(ca, 'devices', readdirSync(join(ca, 'devices')).find((f) => f.endsWith('.pem'))!);
-    },
-    config: `dataDir: /var/lib/postern
-workers: 1
-localDomains: [example.test]
-listeners:
-  - name: in
-    listen: "127.0.0.1:{PORT:in}"
-    reverseDns: false
-    limits: { greetingDelayMs: 0 }
-    tls: { mode: starttls, cert: /etc/postern/tls/mx.crt, key: /etc/postern/tls/mx.key, clientCertificates: request, caFiles: [/etc/postern/ca/ca.crt], crlFiles: [/etc/postern/ca/ca.crl] }
-    certificateIdentity: { field: emailAddress }
-`,
-  });
+  const { s, tls, device } = await sharedServer();
   try {
     const c = await SmtpTestClient.connect(s.port('in'));
     const pem = readFileSync(device, 'utf8');
@@ -182,7 +189,7 @@ listeners:
     assert.equal(init.code, 0, init.stderr);
     const issued = await runCli(['pki', 'issue', 'a@example.test', '--device', 'phone', '--dir', ca, '--out', join(s.path('/var/lib/postern'), 'out')], { as: SERVICE_USER });
     assert.equal(issued.code, 0, issued.stderr);
-  } finally { await s.stop(); }
+  } finally { shared = undefined; await s.stop(); }
 });
 
 test('under the unit: ExecReload takes an edited script, and fails naming file and line when the reload is refused; KillSignal (STOPPING=1 told) stops within TimeoutStopSec, a transaction left open included, exit 0 (no Restart=on-failure)', { skip, timeout: 180_000 }, async () => {

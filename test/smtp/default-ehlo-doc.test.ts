@@ -60,7 +60,8 @@ test('the EHLO replies docs/client-certificates.md shows for the embedded defaul
     .replace('127.0.0.1:2525', '127.0.0.1:{PORT:inbound}').replace('127.0.0.1:2587', '127.0.0.1:{PORT:submission}').replace('127.0.0.1:2465', '127.0.0.1:{PORT:submissions}');
   const scripts: Record<string, string> = {};
   for (const name of (await readdir(SCRIPTS)).filter((n) => n.endsWith('.ts') && !n.endsWith('.d.ts'))) scripts[name] = await readFile(join(SCRIPTS, name), 'utf8');
-  const c = await startCluster({ config, scripts });
+  // One worker: the EHLO reply does not depend on how many there are.
+  const c = await startCluster({ config: `workers: 1\n${config}`, scripts });
   try {
     const port = c.port('submission');
     const ca = await readFile(pki.ca, 'utf8');
@@ -73,18 +74,17 @@ test('the EHLO replies docs/client-certificates.md shows for the embedded defaul
     assert.equal(auth(await ehloLines(port, { ca })), doc.none, 'with no certificate');
     const untrusted = { ca, cert: await readFile(stranger.clients.alice.cert, 'utf8'), key: await readFile(stranger.clients.alice.key, 'utf8') };
     assert.equal(auth(await ehloLines(port, untrusted)), doc.untrusted, 'with a certificate from a CA the listener does not trust');
-  } finally {
-    await c.stop();
-  }
-  // The same listener without an auth script: nothing could accept an untrusted certificate, so EXTERNAL is not offered.
-  const bare = await startCluster({ config, scripts: {} });
-  try {
-    const ca = await readFile(pki.ca, 'utf8');
-    const untrusted = { ca, cert: await readFile(stranger.clients.alice.cert, 'utf8'), key: await readFile(stranger.clients.alice.key, 'utf8') };
-    const lines = await ehloLines(bare.port('submission'), untrusted);
+
+    // The same listener without an auth script (removed, and the reload taken by the worker): nothing could accept an
+    // untrusted certificate, so EXTERNAL is not offered.
+    const mark = c.logs.length;
+    const worker = (await c.cluster()).processes.find((p) => p.role === 'worker')!.pid;
+    await rm(join(c.dir, 'scripts', 'auth.ts'));
+    await c.waitFor('the worker reloaded', () => c.logs.slice(mark).some((l) => l.msg === 'reloaded' && l.pid === worker));
+    const lines = await ehloLines(port, untrusted);
     assert.equal(lines.find((l) => /^250.AUTH/.test(l))?.replace(/^250 /, '250-'), doc.untrustedWithoutAuthScript, 'untrusted, without an auth script');
   } finally {
-    await bare.stop();
+    await c.stop();
     await rm(root, { recursive: true, force: true });
   }
 });
