@@ -12,7 +12,6 @@ import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
 
 test('an edit in a service\'s own scripts folder applies to the next request', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'postern-policy-reload-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
   await mkdir(join(dir, 'postfix-scripts'));
   await writeFile(join(dir, 'postfix-scripts', 'rcptto.ts'), `export default () => reject('version 1');`);
   await writeFile(join(dir, 'postern.yaml'), `
@@ -20,9 +19,14 @@ dataDir: ./data
 policyServices: [{ name: postfix, listen: 127.0.0.1:0, scripts: ./postfix-scripts }]
 `);
   const running = await startPostern({ configPath: join(dir, 'postern.yaml'), logger: createLogger('silent') });
-  t.after(() => running.close());
   const c = await PolicyClient.connect({ port: Number(running.policyAddresses.get('postfix')!.split(':').pop()) });
-  t.after(() => c.close());
+  // One hook, in this order: t.after hooks run in the order they were added, and the folder removed while the server
+  // still wrote into its data folder failed the test (ENOTEMPTY) once in a fresh-clone run.
+  t.after(async () => {
+    c.close();
+    await running.close();
+    await rm(dir, { recursive: true, force: true });
+  });
   assert.equal(await c.ask(rcptRequest()), 'action=550 5.7.1 version 1');
   await writeFile(join(dir, 'postfix-scripts', 'rcptto.ts'), `export default () => reject('version 2');`);
   await until('the new script', async () => (await c.ask(rcptRequest())) === 'action=550 5.7.1 version 2');

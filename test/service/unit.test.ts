@@ -24,7 +24,6 @@ const skip = unitEmulationSkip();
 const cacheHome = await mkdtemp(join(tmpdir(), 'postern-unit-cache-'));
 await chmod(cacheHome, 0o755);
 const cacheDirectory = join(cacheHome, 'cache');
-after(() => rm(cacheHome, { recursive: true, force: true }));
 
 /** A port below 1024 free on every IPv4 address: 25 if it is, else one of 600–1000. */
 async function freePrivilegedPort(): Promise<number> {
@@ -63,7 +62,8 @@ interface Shared { s: UnitServer; mx: number; tls: TestPki; device: string }
  * /etc/postern/ca. The first test starts it (the file's first start: a new cache), the pki test stops it.
  */
 let shared: Promise<Shared> | undefined;
-after(async () => { await (await shared?.catch(() => undefined))?.s.stop(); });
+// The cache folder goes after the server that writes into it (after hooks run in the order they were added).
+after(async () => { await (await shared?.catch(() => undefined))?.s.stop(); await rm(cacheHome, { recursive: true, force: true }); });
 function sharedServer(): Promise<Shared> {
   shared ??= (async () => {
     const mx = await freePrivilegedPort();
