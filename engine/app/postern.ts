@@ -368,7 +368,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         const lastError = reloader.status.data.lastError;
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
-          spool: spoolConfirmsWrites(unconfirmedSpools([spool])) ?? await spoolWritable(config.dataDir, config.spool),
+          // The floors of the generation in force, as the sessions refuse mail by (a reload takes them: key-decisions.ts).
+          spool: spoolConfirmsWrites(unconfirmedSpools([spool])) ?? await spoolWritable(config.dataDir, runtime.generation.config.spool),
           store: storeCheck(listeners, store.unreachable === true),
           reload: reloadCheck(lastError),
         };
