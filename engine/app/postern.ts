@@ -383,7 +383,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
           shadow: shadowCounts([await registry.getMetricsAsJSON()]),
         };
       },
-    }, adminLimits(config.admin, logger, config.hostname));
+    }, adminLimits(config.admin, logger, () => runtime.generation.config.hostname));
     logger.info({ address: `${admin.address.address}:${admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
   }
 

@@ -366,7 +366,7 @@ export class Supervisor {
         log.warn({ socket, err: { message: (err as Error).message } }, 'status socket not made: postern status cannot ask this server (the admin listener still answers /status)');
       }
       if (loaded.config.admin) {
-        sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, loaded.config.hostname));
+        sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, () => (sup.#inForce ?? loaded.config).hostname));
         log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
       }
     } catch (err) {

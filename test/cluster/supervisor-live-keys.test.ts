@@ -2,11 +2,13 @@
 // takes (test/reload/key-decisions.ts marks them live): the spool's floors of /readyz and `postern status`, and a
 // policy service's maxConnections at accept. It kept the values it started with: a spool.minFreeBytes raised above the
 // disk's free space had the workers refuse every message (452 4.3.1) while /readyz said 200 and `postern status`
-// exited 0; a lowered maxConnections let a policy client queue as many connections as before while no worker took them.
+// exited 0; a lowered maxConnections let a policy client queue as many connections as before while no worker took them;
+// a hostname changed by a reload was refused 421 as a Host of the admin listener (and the old one still served).
 // One one-worker server; each case edits postern.yaml and waits until every process and the supervisor run the edit.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import http from 'node:http';
 import { once } from 'node:events';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -22,6 +24,7 @@ let file: string;
 before(async () => {
   c = await startCluster({ config: `
 workers: 1
+hostname: before.example.test
 localDomains: [example.test]
 admin: { listen: "127.0.0.1:{PORT:admin}" }
 ${FLOORS}
@@ -74,6 +77,24 @@ test('a spool.minFreeInodes raised by a reload, the bytes\' floor lowered again:
   assert.equal((await readyz()).code, 200);
   const status = await runCli(['status', '--config', file]);
   assert.equal(status.code, 0, status.stderr);
+});
+
+/** The admin listener's answer to GET /healthz naming `host` in its Host header (as a scrape by that name does). */
+function healthzAs(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port: c.port('admin'), path: '/healthz', headers: { host: `${host}:${c.port('admin')}` } }, (res) => {
+      res.resume();
+      resolve(res.statusCode!);
+    }).on('error', reject);
+  });
+}
+
+test('a hostname changed by a reload is a Host name of the admin listener, the old one no longer', { timeout: 120_000 }, async () => {
+  assert.equal(await healthzAs('before.example.test'), 200);
+  assert.equal(await healthzAs('after.example.test'), 421);
+  await reload('hostname: before.example.test', 'hostname: after.example.test');
+  assert.equal(await healthzAs('after.example.test'), 200);
+  assert.equal(await healthzAs('before.example.test'), 421);
 });
 
 // Last: it stops the worker (let go on at the end, not waited for to be replaced).
