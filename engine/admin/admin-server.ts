@@ -45,17 +45,22 @@ export interface AdminLimits {
    * Names a request's Host header may give, besides IP addresses and `localhost` (lowercase). A browser
    * sends the name of the page's own origin: a name rebound to this address by its owner's DNS is not one.
    */
-  hosts?: readonly string[];
+  hosts?: () => readonly string[];
   /** RESPONSE_DEADLINE_MS unless given (a test of the deadline itself gives a short one). */
   responseDeadlineMs?: number;
 }
 
-/** The configured limits of `admin`, an address over its cap logged on `logger`; `hostname` is the server's. */
-export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLength: number; hosts: readonly string[] }, logger: Logger, hostname: string): AdminLimits {
+/**
+ * The configured limits of `admin`, an address over its cap logged on `logger`; `hostname`: the server's, as the
+ * configuration in force names it (a reload changes it; admin.hosts is taken at start): taken once, the new name
+ * was refused 421 after a reload and the old one still served.
+ */
+export function adminLimits(admin: { maxConnectionsPerIp: number; ipv6PrefixLength: number; hosts: readonly string[] }, logger: Logger, hostname: () => string): AdminLimits {
+  const configured = admin.hosts.map(hostName);
   return {
     maxConnectionsPerIp: admin.maxConnectionsPerIp,
     ipv6PrefixLength: admin.ipv6PrefixLength,
-    hosts: [hostname, ...admin.hosts].map(hostName),
+    hosts: () => [hostName(hostname()), ...configured],
     refused: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, new ones closed at once'),
     madeRoom: (client, limit) => logger.warn({ client, limit }, 'admin listener: too many connections from this address, the one idle longest closed for each new one'),
   };
@@ -120,7 +125,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
   // Timeouts are checked every second (Node's default: every 30 s).
   const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     for (const [name, value] of Object.entries(ANSWER_HEADERS)) res.setHeader(name, value);
-    const hosts = limits?.hosts;
+    const hosts = limits?.hosts?.();
     if (hosts && !hostAllowed(req.headers.host, (name) => hosts.includes(name))) {
       res.writeHead(421, { 'content-type': 'text/plain' });
       res.end('unknown host name: add it to admin.hosts, or use the address\n');

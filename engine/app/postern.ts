@@ -368,7 +368,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         const lastError = reloader.status.data.lastError;
         return {
           listeners: unbound.length ? { ok: false, detail: `not listening: ${unbound.join(', ')}` } : { ok: true },
-          spool: spoolConfirmsWrites(unconfirmedSpools([spool])) ?? await spoolWritable(config.dataDir, config.spool),
+          // The floors of the generation in force, as the sessions refuse mail by (a reload takes them: key-decisions.ts).
+          spool: spoolConfirmsWrites(unconfirmedSpools([spool])) ?? await spoolWritable(config.dataDir, runtime.generation.config.spool),
           store: storeCheck(listeners, store.unreachable === true),
           reload: reloadCheck(lastError),
         };
@@ -382,7 +383,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
           shadow: shadowCounts([await registry.getMetricsAsJSON()]),
         };
       },
-    }, adminLimits(config.admin, logger, config.hostname));
+    }, adminLimits(config.admin, logger, () => runtime.generation.config.hostname));
     logger.info({ address: `${admin.address.address}:${admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
   }
 

@@ -126,8 +126,9 @@ export class ReloadCoordinator {
 
   /**
    * Once every process that answered runs the same content and none refused it, the supervisor takes it too
-   * for what it checks itself at accept (the listeners' limits): with the configuration it started with, a
-   * lowered `maxConnectionsPerIp` was in force in the workers and not at the supervisor's door.
+   * for what it judges itself (the listeners' and policy services' limits at accept, the spool's floors of /readyz):
+   * with the configuration it started with, a lowered `maxConnectionsPerIp` was in force in the workers and not at
+   * the supervisor's door, and a raised `spool.minFreeBytes` refused mail while /readyz said ready.
    */
   async #adoptOnceAgreed(): Promise<void> {
     const states = [...this.#states.values()];
@@ -188,7 +189,7 @@ export class ReloadCoordinator {
   }
 
   /** For `postern status`: whether every process runs a generation built from the same content, and each one's. */
-  /** `supervisor`: the content whose listener limits the supervisor checks at accept (null: the one it started with). */
+  /** `supervisor`: the content whose live keys the supervisor judges by (limits at accept, the spool's floors; null: the one it started with). */
   /** `watching`: null while file events come; else why not (the inputs are then polled, POLL_MS). */
   /** `settling`: the inputs that shrank and are waited for before the children are told (null: none). */
   status(): { converged: boolean; lastError: string[] | null; processes: Record<string, ChildReloadState>; supervisor: string | null; watching: string | null; settling: string[] | null; warnings: readonly GenerationWarning[] } {

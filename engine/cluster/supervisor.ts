@@ -222,8 +222,13 @@ export class Supervisor {
   readonly #counters: CounterHost;
   readonly #fences: FenceBook;
   readonly #reloads: ReloadCoordinator;
-  /** The listeners of the configuration every child runs, once a reload changed it (null: the one started with). */
-  #listenersInForce: Config['listeners'] | null = null;
+  /**
+   * The configuration every child runs, once a reload is in force everywhere (null: the one started with). What the
+   * supervisor judges by itself of the keys a reload changes comes from it: the listeners' and policy services' limits
+   * at accept, the spool's floors of /readyz and `postern status` (with the start's, a raised spool.minFreeBytes had the
+   * workers refuse mail while the server said it was ready). The keys only a restart applies stay the start's.
+   */
+  #inForce: Config | null = null;
   /** `store:` memory for every child (with `store.redis` the children go to Redis themselves). */
   readonly #store: StoreHost;
   #next = 0;
@@ -287,7 +292,7 @@ export class Supervisor {
     this.#reloads = new ReloadCoordinator(config, configPath, root, (reason) => {
       for (const c of this.#children) if (c.ready && c.proc?.connected) c.proc.send({ t: 'reload', reason });
     }, () => this.#pendingRestart(), (loaded) => {
-      this.#listenersInForce = loaded.config.listeners;
+      this.#inForce = loaded.config;
       // At start (the first content every process runs) and at each reload in force everywhere.
       readableSecrets.say(loaded, log);
       void this.#saveStatus();
@@ -361,7 +366,7 @@ export class Supervisor {
         log.warn({ socket, err: { message: (err as Error).message } }, 'status socket not made: postern status cannot ask this server (the admin listener still answers /status)');
       }
       if (loaded.config.admin) {
-        sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, loaded.config.hostname));
+        sup.#admin = await startAdminServer(loaded.config.admin.listen, sup.#adminTarget(), adminLimits(loaded.config.admin, log, () => (sup.#inForce ?? loaded.config).hostname));
         log.info({ address: `${sup.#admin.address.address}:${sup.#admin.address.port}` }, 'admin listener: /metrics /healthz /readyz /status');
       }
     } catch (err) {
@@ -750,7 +755,7 @@ export class Supervisor {
     if (policy) {
       // Bounded by the service's maxConnections as a listener's are by theirs: a local client flooding the policy
       // port while no worker could take them filled the queue every listener's clients wait in.
-      const max = this.config.config.policyServices.find((p) => p.name === listener)?.limits.maxConnections ?? Infinity;
+      const max = this.#policyLimits(listener)?.maxConnections ?? Infinity;
       const key = policyConnectionKey(listener);
       if (this.#waitingCounts.ofListener(listener) >= max) {
         if (!this.#floodReported.has(key)) {
@@ -828,9 +833,15 @@ export class Supervisor {
     const byName = (l: { name: string }): boolean => l.name === name;
     const started = this.config.config.listeners.find(byName)?.limits;
     // A listener the configuration in force no longer has is still bound until the restart: its limits as started.
-    const inForce = this.#listenersInForce?.find(byName)?.limits ?? started;
+    const inForce = this.#inForce?.listeners.find(byName)?.limits ?? started;
     // ipv6PrefixLength stays the start's: the slots are counted by it (restart-needed.ts).
     return inForce && started ? { ...inForce, ipv6PrefixLength: started.ipv6PrefixLength } : inForce;
+  }
+
+  /** limits of policy service `name`, as the configuration every process runs names it (a removed one: as started, it is still bound). */
+  #policyLimits(name: string): Config['policyServices'][number]['limits'] | undefined {
+    const byName = (p: { name: string }): boolean => p.name === name;
+    return (this.#inForce?.policyServices.find(byName) ?? this.config.config.policyServices.find(byName))?.limits;
   }
 
   /**
@@ -1094,7 +1105,7 @@ export class Supervisor {
         processes: this.#processesCheck(),
         spool: spoolConfirmsWrites(this.#children.filter((c) => c.ready && c.proc?.connected && c.spoolUnconfirmedMs !== null)
           .map((c) => ({ spool: c.kind === 'worker' ? `worker-${c.index}` : 'the queue process', ms: c.spoolUnconfirmedMs!, deliveriesOnly: c.kind !== 'worker' })))
-          ?? await spoolWritable(this.config.config.dataDir, this.config.config.spool),
+          ?? await spoolWritable(this.config.config.dataDir, (this.#inForce ?? this.config.config).spool),
         lock: this.#keepLock(),
         store: storeCheckOf(this.#children.find((c) => c.kind === 'worker' && c.ready && c.storeDown)?.storeDown ?? null, listener),
         reload: reloadCheck(lastError),

@@ -461,7 +461,7 @@ export const configSchema = z.strictObject({
     ipv6PrefixLength: z.number().int().min(32).max(128).default(64)
       .describe('An IPv6 client of the admin listener is counted by its network of this many bits for `maxConnectionsPerIp`, as the SMTP listeners count theirs (`limits.ipv6PrefixLength`): per address, a host with a /64 could hold the cap from each of its addresses, and so all 64 connections. 128 counts each address.'),
     hosts: z.array(z.string().min(1)).default([])
-      .describe('Host names, besides IP addresses, `localhost` and `hostname`, by which clients (a Prometheus scrape target) reach the admin listener. A request whose Host header names any other gets 421: a web page that a browser on this host or network visits cannot rebind its own name to this address and read /metrics (the accounts and devices of certificates) or /status (DNS rebinding). Taken at start.'),
+      .describe('Host names, besides IP addresses, `localhost` and `hostname` (as the last reload set it), by which clients (a Prometheus scrape target) reach the admin listener. A request whose Host header names any other gets 421: a web page that a browser on this host or network visits cannot rebind its own name to this address and read /metrics (the accounts and devices of certificates) or /status (DNS rebinding). Taken at start.'),
   }).optional().describe('Admin listener for monitoring ([operations.md](operations.md#monitoring)); off when absent. Needs a restart to change (any of its keys).'),
 });
 

@@ -38,7 +38,7 @@ export interface ClusterStatus {
     converged: boolean;
     lastError: string[] | null;
     processes: Record<string, { generation: number; digest: string; refused: string | null; lastError: string[] | null; reloads: number }>;
-    /** The content whose listener limits the supervisor checks at accept (null: the one it started with). */
+    /** The content whose live keys the supervisor judges by (limits at accept, the spool's floors; null: the one it started with). */
     supervisor?: string | null;
     /** Why file changes are polled for instead of watched, or null while they are watched. */
     watching?: string | null;
