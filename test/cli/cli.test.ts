@@ -15,6 +15,9 @@ import { until } from '../helpers/wait.ts';
 import { hashPassword, verifyPassword } from '../../engine/auth/password-hash.ts';
 import { loadUsersFile } from '../../engine/auth/users-file.ts';
 import { issueClientCertificate } from '../../engine/certificates/index.ts';
+import { runInProcess } from '../helpers/cli-in-process.ts';
+import { checkCommand } from '../../engine/cli/check.ts';
+import { pkiInitCommand } from '../../engine/cli/pki.ts';
 
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
 
@@ -24,6 +27,12 @@ type Result = CliResult;
 function cli(args: string[], input: string | null, cwd = tmpdir()): Promise<Result> {
   return runCli(args, { input: input ?? undefined, cwd });
 }
+
+/**
+ * A case's further runs of `check` (and the `pki init` that only sets one up): the command's function in this
+ * process. Each case's first `check` stays the real command line; a process per variant proves nothing more.
+ */
+const checkHere = (config: string): Promise<Result> => runInProcess(() => checkCommand({ config }));
 
 let pki: TestPki;
 let root: string;
@@ -293,13 +302,13 @@ test('check: a private key every local user can read (a listener\'s, an outbound
   ], 'one per file: the second listener\'s same key is not said again');
   for (const w of warnings) assert.match(w, new RegExp(`^warning: ${config.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+:\\d+: `), 'at the key\'s line');
   for (const key of ['tls/server.key', 'out/ed.key', 'out/dkim.key']) await chmod(join(dir, key), 0o640);
-  const quiet = await cli(['check', '--config', config], null);
+  const quiet = await checkHere(config);
   assert.equal(quiet.stderr, '');
 });
 
 test('check: the CA key of pki.dir, the users file (password hashes), or a postern.yaml whose store.redis.url holds a password, that every local user can read is a warning at its key\'s line; 0640 is not', async () => {
   const { dir, config } = await configFolder('readable-secrets');
-  const init = await cli(['pki', 'init', '--dir', join(dir, 'ca')], null);
+  const init = await runInProcess(() => pkiInitCommand({ dir: join(dir, 'ca') }));
   assert.equal(init.code, 0, init.stderr);
   await writeFile(config, `${await readFile(config, 'utf8')}pki: { dir: ./ca }\nstore:\n  redis: { url: "redis://postern:Redis-Secret-1@127.0.0.1:6379" }\n`);
   await chmod(join(dir, 'ca/ca.key'), 0o644);
@@ -316,7 +325,7 @@ test('check: the CA key of pki.dir, the users file (password hashes), or a poste
   await chmod(join(dir, 'ca/ca.key'), 0o640);
   await chmod(join(dir, 'users'), 0o640);
   await chmod(config, 0o640);
-  const quiet = await cli(['check', '--config', config], null);
+  const quiet = await checkHere(config);
   assert.equal(quiet.stderr, '');
 });
 
@@ -338,7 +347,7 @@ test('check: inputs every local user can change (the users file, a table, a CA f
   ]);
   for (const w of r.stderr.trimEnd().split('\n')) assert.match(w, new RegExp(`^warning: ${config.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(:\\d+:\\d+)?: `));
   for (const [file, mode] of [['users', 0o640], ['senders', 0o644], ['tls/ca.crt', 0o644], ['scripts', 0o755], ['scripts/auth.js', 0o644], ['tls', 0o1777]] as const) await chmod(join(dir, file), mode);
-  const quiet = await cli(['check', '--config', config], null);
+  const quiet = await checkHere(config);
   assert.equal(quiet.stderr, '', 'a sticky folder (/tmp) lets no one replace another\'s file');
 });
 
@@ -398,7 +407,7 @@ test('check: an expired client certificate is a problem (exit 1); one expiring w
   const expired = await deliveryFolder('outbound-expired', `  clientCertificates:
     old: { cert: out/old.crt, key: out/old.key }
 `, files);
-  const e = await cli(['check', '--config', expired.config], null);
+  const e = await checkHere(expired.config);
   assert.equal(e.code, 1);
   assert.equal(e.stdout, '');
   const re = (text: string): string => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');

@@ -13,17 +13,29 @@ import { startCluster, workerPid, type ClusterProcess } from '../helpers/cluster
 import { submitMessage } from '../helpers/smtp-client.ts';
 import { runningCall } from '../../engine/sandbox/running-call.ts';
 import { prepareScript } from '../../engine/sandbox/script-source.ts';
+import { runInProcess } from '../helpers/cli-in-process.ts';
+import { statusCommand } from '../../engine/cli/status.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 let c: ClusterProcess | undefined;
 after(() => c?.stop());
 
 /** `postern status`; `env`: more environment. */
-function status(config: string, env: Record<string, string> = {}): { code: number | null; json: Record<string, unknown> | null; stderr: string } {
+function status(config: string, env: Record<string, string> = {}): Status {
   const r = spawnSync(join(ROOT, 'node_modules/.bin/node'), [join(ROOT, 'engine/cli/main.ts'), 'status', '--config', config], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
-  let json: Record<string, unknown> | null = null;
-  try { json = JSON.parse(r.stdout) as Record<string, unknown>; } catch { /* none */ }
-  return { code: r.status, json, stderr: r.stderr };
+  return { code: r.status, json: jsonOf(r.stdout), stderr: r.stderr };
+}
+type Status = { code: number | null; json: Record<string, unknown> | null; stderr: string };
+function jsonOf(stdout: string): Record<string, unknown> | null {
+  try { return JSON.parse(stdout) as Record<string, unknown>; } catch { return null; }
+}
+/**
+ * The same command's function in this process: for a case's further asks, polls and set-up checks, where a process
+ * each (~0.5 s of CPU, mostly module loading) proves nothing more than the case's own command line.
+ */
+async function statusHere(config: string): Promise<Status> {
+  const r = await runInProcess(() => statusCommand({ config }));
+  return { code: r.code, json: jsonOf(r.stdout), stderr: r.stderr };
 }
 
 test('running, broken configuration, pending restart after an unrelated reload, stopped', async () => {
@@ -54,7 +66,7 @@ listeners:
   assert.deepEqual(running.json!.pendingRestart, []);
   assert.deepEqual(running.json!.queue, { messages: 0, held: 0, oldestAgeSeconds: 0 });
   await submitMessage(c.port('in'), 'a@example.net', ['b@example.test']); // no delivery section: it stays queued
-  const withMail = status(config).json!;
+  const withMail = (await statusHere(config)).json!;
   const queued = withMail.queue as { messages: number; held: number; oldestAgeSeconds: number };
   assert.deepEqual([queued.messages, queued.held], [1, 0], 'the worker\'s spool counts');
   assert.ok(queued.oldestAgeSeconds > 0);
@@ -66,18 +78,17 @@ listeners:
   // Padded with empty lines to the file's length: a shorter one is taken only once unchanged for 2 s, as a file cut short.
   const moved = portMoved + '\n'.repeat(Math.max(0, good.length - portMoved.length));
   await writeFile(config, moved);
-  // Each `postern status` is a process of its own: asked once the server logged what it is asked about, not polled for it.
   await c.waitFor('the reload of the move', () => c!.logs.some((l) => String(l.msg).startsWith('configuration change needs a restart')));
-  const reported = await c.waitFor('the move to be reported', () => {
-    const s = status(config).json;
+  const reported = await c.waitFor('the move to be reported', async () => {
+    const s = (await statusHere(config)).json;
     return (s?.pendingRestart as string[] | undefined)?.some((p) => p.includes('moves')) ? s : null;
   });
   const generation = reported.generation as number;
   const reloads = c.logs.filter((l) => l.msg === 'reloaded').length;
   await writeFile(join(c.dir, 'scripts', 'mailfrom.js'), 'export default () => { return accept(); };');
   await c.waitFor('the script reload logged', () => c!.logs.filter((l) => l.msg === 'reloaded').length > reloads);
-  const after = await c.waitFor('the script reload', () => {
-    const s = status(config).json;
+  const after = await c.waitFor('the script reload', async () => {
+    const s = (await statusHere(config)).json;
     return (s?.generation as number) > generation ? s : null;
   });
   assert.ok((after.pendingRestart as string[]).some((p) => p.startsWith('listener in moves from')), JSON.stringify(after.pendingRestart));
@@ -85,8 +96,8 @@ listeners:
   // A broken file: no crash, the errors on stderr, the running server's state with the refused reload.
   await writeFile(config, `${moved}\nlisteners: [ oops\n`);
   await c.waitFor('the refusal logged', () => c!.logs.some((l) => String(l.msg).startsWith('reload refused')));
-  const broken = await c.waitFor('the refused reload', () => {
-    const s = status(config);
+  const broken = await c.waitFor('the refused reload', async () => {
+    const s = await statusHere(config);
     return s.code === 2 ? s : null;
   });
   assert.match(broken.stderr, /the configuration has errors/);
@@ -103,7 +114,7 @@ listeners:
   assert.equal(stopped.json, null, 'no stale status printed');
   // Stopped, with a broken file: still "not running" (exit 3), the errors shown, no running server claimed.
   await writeFile(config, `${moved}\nlisteners: [ oops\n`);
-  const stoppedBroken = status(config);
+  const stoppedBroken = await statusHere(config);
   assert.equal(stoppedBroken.code, 3);
   assert.match(stoppedBroken.stderr, /the configuration has errors[^]*not running/);
   assert.doesNotMatch(stoppedBroken.stderr, /the running server/);
@@ -130,7 +141,7 @@ async function sharedServer(): Promise<ClusterProcess> {
 test('a supervisor that does not answer (stopped, hung): not "not running", its own exit status, within a bounded wait', { timeout: 120_000 }, async () => {
   const hung = await sharedServer();
   const config = join(hung.dir, 'postern.yaml');
-  assert.equal(status(config).code, 0);
+  assert.equal((await statusHere(config)).code, 0);
   process.kill(hung.proc.pid!, 'SIGSTOP');
   let stopped;
   try {
@@ -158,7 +169,7 @@ test('a worker down (dead, being replaced): exit 5 with what is not ready, until
   const degraded = await sharedServer();
   try {
     const config = join(degraded.dir, 'postern.yaml');
-    assert.equal(status(config).code, 0);
+    assert.equal((await statusHere(config)).code, 0);
     // Killed as soon as it is back, a few times: its replacement then waits (restart backoff).
     let down: ReturnType<typeof status> | null = null;
     for (let kills = 0; kills < 6 && !down; kills++) {
@@ -169,7 +180,7 @@ test('a worker down (dead, being replaced): exit 5 with what is not ready, until
     assert.ok(down, 'status while the worker was down');
     assert.match(down.stderr, /not ready: worker 0/);
     assert.match(String(down.json!.summary), /^0\/1 workers ready \(not ready: worker 0\)/);
-    await degraded.waitFor('the worker back', () => status(config).code === 0);
+    await degraded.waitFor('the worker back', async () => (await statusHere(config)).code === 0);
   } finally {
     await degraded.stop();
   }

@@ -12,9 +12,15 @@ import { join } from 'node:path';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { configYaml, testListener, testServerTls } from '../helpers/config.ts';
 import { runCli, type CliResult } from '../helpers/cli.ts';
+import { runInProcess } from '../helpers/cli-in-process.ts';
+import { tryCommand, type TryOptions } from '../../engine/cli/try.ts';
 
 
 const cli = (args: string[]): Promise<CliResult> => runCli(args);
+// A case's further variants: the command's function in this process (a process each proves nothing more than
+// its first run on the command line), with the command line's defaults.
+const here = (hook: string | undefined, opts: TryOptions): Promise<CliResult> =>
+  runInProcess(() => tryCommand(hook, { ip: '203.0.113.5', tls: true, ...opts }));
 
 let dir: string;
 let pki: TestPki;
@@ -38,33 +44,35 @@ before(async () => {
 after(() => rm(dir, { recursive: true, force: true }));
 
 const mailfrom = (...extra: string[]) => cli(['try', '-c', config, '--from', 'a@example.org', ...extra, 'mailfrom']);
+const mailfromHere = (opts: TryOptions) => here('mailfrom', { config, from: 'a@example.org', ...opts });
 
 test('a key of another certificate is refused, naming both files, instead of a try without a certificate', async () => {
   const r = await mailfrom('--cert', pki.clients.alice.cert, '--key', pki.clients.bob.key);
   assert.equal(r.code, 3, r.stdout);
   assert.equal(r.stderr, `postern try: ${pki.clients.bob.key}: this private key is not the key of the certificate in ${pki.clients.alice.cert}\n`);
   // The right key: the certificate reaches the hook.
-  const ok = await mailfrom('--cert', pki.clients.alice.cert, '--key', pki.clients.alice.key, '--json');
+  const ok = await mailfromHere({ cert: pki.clients.alice.cert, key: pki.clients.alice.key, json: true });
   assert.equal(ok.code, 0, ok.stderr);
   assert.match(ok.stdout, /"clientCertificate": \{/);
 });
 
 test('files that are not PEM, or not files, are named in one line', async () => {
-  const cases: Array<[string[], RegExp]> = [
-    [['--cert', join(dir, 'broken.pem'), '--key', pki.clients.alice.key], /^postern try: .*broken\.pem: not a PEM certificate \(/],
-    [['--cert', join(dir, 'garbage.pem'), '--key', pki.clients.alice.key], /^postern try: .*garbage\.pem: not a PEM certificate \(/],
-    [['--cert', pki.clients.alice.cert, '--key', join(dir, 'garbage.pem')], /^postern try: .*garbage\.pem: not a PEM private key \(/],
+  const cases: Array<[{ cert: string; key: string }, RegExp]> = [
+    [{ cert: join(dir, 'broken.pem'), key: pki.clients.alice.key }, /^postern try: .*broken\.pem: not a PEM certificate \(/],
+    [{ cert: join(dir, 'garbage.pem'), key: pki.clients.alice.key }, /^postern try: .*garbage\.pem: not a PEM certificate \(/],
+    [{ cert: pki.clients.alice.cert, key: join(dir, 'garbage.pem') }, /^postern try: .*garbage\.pem: not a PEM private key \(/],
     // OpenSSL's own word for it is "interrupted or cancelled".
-    [['--cert', pki.clients.alice.cert, '--key', join(dir, 'encrypted.key')], /^postern try: .*encrypted\.key: the private key is encrypted \(passphrase-protected\), and Postern takes no passphrase/],
-    [['--cert', dir, '--key', pki.clients.alice.key], /^postern try: .*postern-try-hostile-[^:]*: cannot be read \(EISDIR\)$/],
+    [{ cert: pki.clients.alice.cert, key: join(dir, 'encrypted.key') }, /^postern try: .*encrypted\.key: the private key is encrypted \(passphrase-protected\), and Postern takes no passphrase/],
+    [{ cert: dir, key: pki.clients.alice.key }, /^postern try: .*postern-try-hostile-[^:]*: cannot be read \(EISDIR\)$/],
   ];
-  for (const [args, expected] of cases) {
-    const r = await mailfrom(...args);
-    assert.equal(r.code, 3, args.join(' '));
+  // The first on the command line (one line on the process's stderr), the others here.
+  for (const [i, [files, expected]] of cases.entries()) {
+    const r = i === 0 ? await mailfrom('--cert', files.cert, '--key', files.key) : await mailfromHere(files);
+    assert.equal(r.code, 3, JSON.stringify(files));
     assert.match(r.stderr.trim(), expected);
     assert.equal(r.stderr.trim().split('\n').length, 1, 'one line, no stack trace');
   }
-  const data = await cli(['try', '-c', config, '--to', 'b@example.com', '--message', dir, 'data']);
+  const data = await here('data', { config, to: ['b@example.com'], message: dir });
   assert.equal(data.code, 3);
   assert.match(data.stderr, /: cannot be read \(EISDIR\)\n$/);
 });
@@ -73,7 +81,7 @@ test('a session file that is a folder, or whose DATA names a missing file, is na
   const folder = await cli(['try', '-c', config, '--session', dir]);
   assert.equal(folder.code, 3);
   assert.equal(folder.stderr, `postern try: ${dir}: cannot be read (EISDIR)\n`);
-  const missing = await cli(['try', '-c', config, '--session', join(dir, 'session.txt')]);
+  const missing = await here(undefined, { config, session: join(dir, 'session.txt') });
   assert.equal(missing.code, 3);
   assert.equal(missing.stderr, `postern try: ${join(dir, 'session.txt')}:4: DATA missing.eml: cannot be read (ENOENT)\n`);
 });
