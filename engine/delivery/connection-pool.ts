@@ -65,6 +65,8 @@ export interface ConnectOptions {
 /** Facts about an established connection, for logs. */
 export interface ConnectionInfo {
   remote: string;
+  /** The name the next hop gave itself in its (last) EHLO or HELO reply, or null: see greetsAs(). */
+  greetsAs: string | null;
   tls: { protocol: string | null; cipher: string; authorized: boolean; peerFingerprint: string | null } | null;
 }
 
@@ -363,6 +365,7 @@ export class ConnectionPool {
       if (opening.greeted) settle(true);
       actionGreeting(str);
     };
+    const greetsAs = recordGreetsAs(conn);
     this.#opening.set(conn, opening);
     await new Promise<void>((resolve, reject) => {
       let settled = false;
@@ -389,7 +392,7 @@ export class ConnectionPool {
       this.#opening.delete(conn);
       settle(opening.greeted);
     });
-    const pc = new PooledConnection(conn, poolKey(endpoint.host, endpoint.port, s), destination, server, { remote: `${endpoint.host}[${endpoint.address}]:${endpoint.port}`, tls: tlsInfo(conn) }, deadline);
+    const pc = new PooledConnection(conn, poolKey(endpoint.host, endpoint.port, s), destination, server, { remote: `${endpoint.host}[${endpoint.address}]:${endpoint.port}`, greetsAs: greetsAs(), tls: tlsInfo(conn) }, deadline);
     let set = this.#open.get(destination);
     if (!set) this.#open.set(destination, (set = new Set()));
     set.add(pc);
@@ -415,6 +418,11 @@ export class ConnectionPool {
       this.#letGo(pc, true);
     }, IDLE_MS);
     pc.idleTimer.unref();
+  }
+
+  /** Close a connection after its QUIT, never to be reused (one that leads back to this server). */
+  quit(pc: PooledConnection): void {
+    this.#letGo(pc, true);
   }
 
   /** Close a connection and take it out of the counts; the next hop sees it present (presentCount) until it is gone. */
@@ -467,6 +475,23 @@ export class ConnectionPool {
     }
     return waiting;
   }
+}
+
+/**
+ * Keeps the name the next hop gives itself in its EHLO (or HELO) reply — `250-mx.example.com …`, the second EHLO's
+ * after STARTTLS — for the loop check of transaction.ts; the function returned reads it.
+ */
+function recordGreetsAs(conn: SMTPConnection): () => string | null {
+  let name: string | null = null;
+  const internals = conn as unknown as Record<'_actionEHLO' | '_actionHELO', (str: string) => void>;
+  for (const action of ['_actionEHLO', '_actionHELO'] as const) {
+    const original = internals[action].bind(conn);
+    internals[action] = (str) => {
+      if (str.startsWith('2')) name = /^\d{3}[ -]([^\s]+)/.exec(str)?.[1] ?? null;
+      original(str);
+    };
+  }
+  return () => name;
 }
 
 function tlsInfo(conn: SMTPConnection): ConnectionInfo['tls'] {

@@ -63,6 +63,11 @@ export interface TransactionEnv {
   heloName: string;
   /** This server's own listeners (own-listeners.ts): a next hop among them is a mail loop. */
   own?: OwnAddress;
+  /**
+   * The name this server's listeners greet with (`hostname`): a next hop that gives it in its EHLO reply is this
+   * server reached another way (a port forward, a balancer, NAT), a mail loop. Unset: not checked.
+   */
+  ownName?: string;
   log: Logger;
 }
 
@@ -232,6 +237,8 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
     // Every connection to this destination failed before it was in session, none over TLS: it is unreachable.
     let unreachable: DeliveryFailure | null = null;
     let otherFailure = false;
+    // This host greeted with our own name behind better hosts: we are their backup (see the address check above).
+    let backupOfBetter = false;
     try {
       // Suspended while this waited for its slot: an attempt ahead of it found the destination dead.
       const meanwhile = env.suspensions.failure(destination);
@@ -293,6 +300,11 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
             continue;
           }
         }
+        if (greetsAsUs(env, pc)) {
+          env.pool.quit(pc);
+          if (index > 0) { backupOfBetter = true; break; }
+          return result(everyone(tx, new DeliveryFailure(`mail for ${recipientDomain(tx.to[0] ?? '')} loops back to myself (${remote} greets as ${pc.info.greetsAs}, this server's hostname)`, { permanent: true, enhanced: '5.4.6' })));
+        }
         const r = await sendOn(env, pc, tx);
         if (r === 'retry') { last = new DeliveryFailure(`${remote}: connection lost before MAIL FROM`, { permanent: false, enhanced: '4.4.2', remoteMta: remote }); continue; }
         const rest = ++sessions < MAX_SESSIONS ? nextHopMayTry(r) : [];
@@ -307,10 +319,22 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
       releaseOverall();
       releaseDestination();
     }
+    if (backupOfBetter) break;
   }
   // What a next hop said to a recipient it failed before the message tells more than a later host's failure to connect.
   const fallback = everyone(tx, last ?? new DeliveryFailure('no next hop could be reached', { permanent: false, enhanced: '4.4.1' }));
   return withEarlier(all, earlier, { ...fallback, outcomes: fallback.outcomes.map((o) => earlier.get(o.recipient) ?? o) }, null);
+}
+
+/**
+ * Whether the next hop of `pc` named itself, in its EHLO reply, as this server's listeners name themselves: this
+ * server reached by an address and port not its own (a port forward, a balancer in front of it, NAT), where
+ * own-listeners.ts cannot tell. As Postfix ("host … replied to HELO/EHLO with my own hostname"). Not for a name of
+ * one label (`localhost`, the default): many hosts use it for themselves.
+ */
+function greetsAsUs(env: TransactionEnv, pc: PooledConnection): boolean {
+  const ours = env.ownName;
+  return !!ours && ours.includes('.') && pc.info.greetsAs?.toLowerCase() === ours.toLowerCase();
 }
 
 /**

@@ -701,7 +701,7 @@ export class QueueRunner {
       const resolver = this.#resolverFor(delivery);
       const env: TransactionEnv = {
         pool: this.#pool, resolver, material: this.#material, dkim: this.#dkim, overall: this.#overall, perDestination: this.#perDestination, suspensions: this.#suspensions,
-        delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, own: this.#ownListeners(gen), log: this.#log,
+        delivery, scope: gen, heloName: delivery.heloName ?? gen.config.hostname, own: this.#ownListeners(gen), ownName: gen.config.hostname, log: this.#log,
       };
       const hops = receivedCount(message);
       const groups = hops > MAX_HOPS
