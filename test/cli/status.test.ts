@@ -141,7 +141,8 @@ async function sharedServer(): Promise<ClusterProcess> {
 test('a supervisor that does not answer (stopped, hung): not "not running", its own exit status, within a bounded wait', { timeout: 120_000 }, async () => {
   const hung = await sharedServer();
   const config = join(hung.dir, 'postern.yaml');
-  assert.equal((await statusHere(config)).code, 0);
+  const before = await statusHere(config);
+  assert.equal(before.code, 0, before.stderr);
   process.kill(hung.proc.pid!, 'SIGSTOP');
   let stopped;
   try {
@@ -169,7 +170,8 @@ test('a worker down (dead, being replaced): exit 5 with what is not ready, until
   const degraded = await sharedServer();
   try {
     const config = join(degraded.dir, 'postern.yaml');
-    assert.equal((await statusHere(config)).code, 0);
+    const before = await statusHere(config);
+    assert.equal(before.code, 0, before.stderr);
     // Killed as soon as it is back, a few times: its replacement then waits (restart backoff).
     let down: ReturnType<typeof status> | null = null;
     for (let kills = 0; kills < 6 && !down; kills++) {

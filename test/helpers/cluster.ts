@@ -83,7 +83,9 @@ export function deliveryToSink(port: number, opts: { retrySchedule?: number[]; s
  * at the product's 100 ms a loaded machine that held a worker's isolate thread back turned an accept into 451 4.3.0.
  * `product`: the product's own defaults, for a server whose scripts (or store calls) are meant to run out of them.
  */
-export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; fileMode?: number; detached?: boolean; installed?: boolean; node?: string; nodeArgs?: string[]; env?: Record<string, string>; wrap?: string[]; dataDir?: string; scriptLimits?: 'unhurried' | 'product' }): Promise<ClusterProcess> {
+export async function startCluster(opts: { config: string; scripts?: Record<string, string>; files?: Record<string, string>; fileMode?: number; detached?: boolean; installed?: boolean; node?: string; nodeArgs?: string[]; env?: Record<string, string>; wrap?: string[]; dataDir?: string; scriptLimits?: 'unhurried' | 'product';
+  /** Each log line as it comes, from the start (before the supervisor says it started: a step of the start-up). */
+  onLog?: (line: Record<string, unknown>) => void; }): Promise<ClusterProcess> {
   const dir = await mkdtemp(join(tmpdir(), 'postern-cluster-'));
   await mkdir(join(dir, 'scripts'));
   for (const [name, text] of Object.entries(opts.scripts ?? {})) await writeFile(join(dir, 'scripts', name), text);
@@ -106,15 +108,15 @@ export async function startCluster(opts: { config: string; scripts?: Record<stri
   const proc = spawn(command[0]!, command.slice(1), {
     cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_NO_WARNINGS: '1', ...opts.env }, detached: opts.detached ?? false,
   });
-  return watchServer(proc, { dir, dataDir, ports });
+  return watchServer(proc, { dir, dataDir, ports, onLog: opts.onLog });
 }
 
 /**
  * A `postern serve` child started by the caller, watched as startCluster's are: its JSON log lines collected,
  * resolved once the supervisor has started; `stop()` sends SIGTERM, waits for the exit and removes `dir`.
  */
-export async function watchServer(proc: ChildProcess, where: { dir: string; dataDir: string; ports: ReadonlyMap<string, number> }): Promise<ClusterProcess> {
-  const { dir, dataDir, ports } = where;
+export async function watchServer(proc: ChildProcess, where: { dir: string; dataDir: string; ports: ReadonlyMap<string, number>; onLog?: (line: Record<string, unknown>) => void }): Promise<ClusterProcess> {
+  const { dir, dataDir, ports, onLog } = where;
   const logs: Array<Record<string, unknown>> = [];
   const written: string[] = [];
   let partial = '';
@@ -127,6 +129,7 @@ export async function watchServer(proc: ChildProcess, where: { dir: string; data
     for (const line of lines) {
       written.push(line);
       try { logs.push(JSON.parse(line) as Record<string, unknown>); } catch { logs.push({ text: line }); }
+      onLog?.(logs[logs.length - 1]!);
     }
   });
   let stderr = '';
