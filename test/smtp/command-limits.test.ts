@@ -202,6 +202,25 @@ test('RCPTs past maxRecipients: up to 1000 get 452 and the message still goes; b
   assert.match(String(line.msg), /: 452 4\.5\.3 <u516@example\.com>: Error: too many recipients; from=<a@example\.org> to=<u516@example\.com> proto=ESMTP helo=<\S+> over_limit=512$/);
 });
 
+// smtp-server takes a recipient named again as a replacement of the first, never over maxRecipients: RCPT TO of one
+// address, repeated, was accepted without end in one transaction (each running the rcptto script, each resetting
+// nothing), where every other command a session can repeat is bounded. Accepted RCPT commands are counted now, the
+// repeated ones too, as Postfix's smtpd_recipient_limit counts them: past maxRecipients each gets 452, as any.
+test('one recipient named again and again: maxRecipients RCPTs accepted, then 452 like any recipient past the limit, then refusals', async () => {
+  const c = await client();
+  const first = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 8 }, (_, i) => `RCPT TO:<${i % 2 ? 'Same' : 'same'}@example.com>`), 'RCPT TO:<other@example.com>', 'DATA']);
+  assert.deepEqual(first.map((r) => r.code), [250, 250, 250, 250, 250, 250, 452, 452, 452, 452, 354]);
+  assert.equal(first[6]!.text, '452 4.5.3 Error: too many recipients');
+  c.socket.write('Subject: one\r\n\r\nhi\r\n.\r\n');
+  assert.match((await c.read()).text, /^250 2\.0\.0 Ok: queued as /, 'the message goes, to its one recipient');
+  // A new transaction counts afresh; past RECIPIENT_OVERSHOOT (1000) each 452 counts as a refusal, up to maxErrors.
+  const second = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 1100 }, () => 'RCPT TO:<same@example.com>')], 1027);
+  assert.equal(second.filter((r) => r.code === 250).length, 6, 'MAIL and five RCPTs');
+  assert.equal(second.filter((r) => r.code === 452).length, 1020);
+  assert.match(second.at(-1)!.text, TOO_MANY_ERRORS);
+  assert.ok(await c.waitClosed());
+});
+
 test('DATA and RSET with an argument get 501 (RFC 5321 allows none) and change nothing; QUIT with one still ends the session', async () => {
   const c = await client();
   assert.equal((await c.command('RSET x')).text, '501 5.5.4 Syntax: RSET');
