@@ -60,7 +60,7 @@ import { StoreHost } from './shared-store.ts';
 import { reloadCheck } from '../admin/reload-check.ts';
 import { storeCheckOf } from '../admin/store-check.ts';
 import { createMemoryStore } from '../store/index.ts';
-import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
+import { TrustedProxies, UNTRUSTED_PROXY_REASON } from '../proxy-protocol/trusted-proxies.ts';
 import { RestartBackoff } from './restart-backoff.ts';
 import { acceptingCount, chooseWorker, cpuSample, spareCores, type CpuSample } from './worker-choice.ts';
 import { FileRoom } from './accepting.ts';
@@ -747,7 +747,7 @@ export class Supervisor {
     this.#waitingFullReported = false;
     if (proxy && !proxy.has(socket.remoteAddress)) {
       const peer = clientAddress(socket);
-      this.log.info({ listener, decision: 'reject', stage: 'PROXY', client: peer, reason: 'listeners.proxyProtocol.trustedProxies: not a trusted proxy', reply: null, peer },
+      this.log.info({ listener, decision: 'reject', stage: 'PROXY', client: peer, reason: UNTRUSTED_PROXY_REASON, reply: null, peer },
         'PROXY protocol: connection from an untrusted address closed');
       closedUnansweredCounted(listener, 'untrusted-proxy');
       return void socket.destroy();

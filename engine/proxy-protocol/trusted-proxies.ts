@@ -27,6 +27,9 @@ export function trustsEveryClient(text: string): boolean {
   return one.check('0.0.0.0', 'ipv4') && one.check('255.255.255.255', 'ipv4');
 }
 
+/** The decision line's reason for a connection from an address the list does not hold: the key an operator edits. */
+export const UNTRUSTED_PROXY_REASON = 'listeners.proxyProtocol.trusted: not a trusted proxy';
+
 export class TrustedProxies {
   readonly #list = new BlockList();
 

@@ -28,8 +28,13 @@ import type { SmtpReply } from './reply.ts';
  * make `ce<U+00AD>o@x` or `<U+E0041>ceo@x` read as ceo@x to a person, a log and a lenient next hop while every
  * string compare (a script, a table, a binding) sees another address, and `<U+202E>` turns what follows around.
  * ZWNJ and ZWJ stay: Persian, Indic scripts and emoji sequences need them (IDNA2008 allows them in context).
+ *
+ * And every other default-ignorable code point (PRECIS disallows them all, RFC 8264 §9.13): letters and marks that
+ * draw nothing, as the Hangul fillers (`c<U+3164>eo@x`), the combining grapheme joiner, Khmer's inherent vowels and
+ * the variation selectors, which made the same invisible second address as a soft hyphen. A variation selector stays
+ * where it selects an emoji's presentation (after a pictograph, or a keycap's before U+20E3).
  */
-const NOT_IN_AN_ADDRESS = /[\p{Cc}\p{Cs}\p{Co}\p{Cn}]|(?![\u200c\u200d])\p{Cf}/u;
+const NOT_IN_AN_ADDRESS = /[\p{Cc}\p{Cs}\p{Co}\p{Cn}]|(?![\u200c\u200d])\p{Cf}|(?![\u200c\u200d\ufe0e\ufe0f])\p{Default_Ignorable_Code_Point}|(?<!\p{Extended_Pictographic})[\ufe0e\ufe0f](?!\u20e3)/u;
 
 /**
  * `command` (MAIL or RCPT) ready for smtp-server's parser: refused when its local part holds a character no address

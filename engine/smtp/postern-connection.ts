@@ -480,6 +480,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     this.#nextReply = null;
     this.#answered();
     if (code < 400) this.#wasUseful();
+    if (code < 300 && this.#stage === 'RCPT') this.#rcptAccepted();
     const addressCommand = this.#addressCommand;
     this.#addressCommand = null;
     batchReply(this._socket as net.Socket);
@@ -518,6 +519,24 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     if (!this.#utf8Replies()) data = typeof data === 'string' ? asciiReplyText(data) : Array.isArray(data) ? data.map(asciiReplyText) : data;
     super.send(code, data, ownCode ? false : context);
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
+  }
+
+  /**
+   * RCPT commands accepted in the transaction of `#accepted.envelope` (smtp-server's, a new object per transaction),
+   * a recipient named again counted again, as Postfix's smtpd_recipient_limit counts them: smtp-server takes one
+   * named again as a replacement, never over maxRecipients, so RCPT TO of one address was accepted without end in one
+   * transaction, each running the rcptto script, where every other command a session can repeat is bounded.
+   */
+  #accepted: { envelope: object | null; rcpts: number } = { envelope: null, rcpts: 0 };
+
+  #rcptsAccepted(envelope: object): number {
+    return this.#accepted.envelope === envelope ? this.#accepted.rcpts : 0;
+  }
+
+  #rcptAccepted(): void {
+    const envelope = this.session.envelope;
+    if (this.#accepted.envelope !== envelope) this.#accepted = { envelope, rcpts: 0 };
+    this.#accepted.rcpts++;
   }
 
   /** The command being answered waited for us since #askedAt: that wait is not the client's idleness. */
@@ -833,10 +852,17 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override handler_RCPT(command: Buffer, callback: Callback): void {
     const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('RCPT', path, callback);
+    const maxRecipients = this.state.listener.limits.maxRecipients;
+    // smtp-server counts distinct recipients only (one named again replaces the first, never over the limit): past
+    // maxRecipients accepted RCPTs in the transaction, repeated ones too, its own 452, as for a recipient over it.
+    if (maxRecipients > 0 && this.session.envelope.mailFrom && this.#rcptsAccepted(this.session.envelope) >= maxRecipients) {
+      this.send(452, 'Error: too many recipients', 'TOO_MANY_RECIPIENTS');
+      return callback();
+    }
     // smtp-server compares with its options' maxRecipients at once, before any callback: the session's for that moment.
     const options = this._server.options as { maxRecipients?: number };
     const serverWide = options.maxRecipients;
-    options.maxRecipients = this.state.listener.limits.maxRecipients;
+    options.maxRecipients = maxRecipients;
     try {
       super.handler_RCPT(path, callback);
     } finally {

@@ -19,7 +19,7 @@ import type { Runtime } from './runtime.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import type { TrustedIssuers } from '../certificates/index.ts';
 import type { ConnectionCounts } from '../cluster/shared-counters.ts';
-import type { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
+import { UNTRUSTED_PROXY_REASON, type TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
 import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
 import { newSessionId } from './session-id.ts';
 import { closedUnansweredCounted, connectRefusalCounted } from './connection-refusals.ts';
@@ -181,7 +181,7 @@ export class PosternServer extends SMTPServer {
       // Behind a load balancer: only it may connect; the connection is counted once its header names the client.
       if (this.proxy.trusted.has(socket.remoteAddress)) return super._acceptSocket(socket, handshake);
       const peer = clientAddress(socket);
-      this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('PROXY', peer, 'listeners.proxyProtocol.trustedProxies: not a trusted proxy'), peer },
+      this.runtime.logger.info({ listener: this.listenerName, ...closedUnanswered('PROXY', peer, UNTRUSTED_PROXY_REASON), peer },
         'PROXY protocol: connection from an untrusted address closed');
       closedUnansweredCounted(this.listenerName, 'untrusted-proxy');
       socket.on('error', () => undefined);

@@ -55,6 +55,12 @@ const NO_DATA_DECISION: DataDecision = Object.freeze({ reply: null, headerEdits:
  * offering it, and which delivery would not honour.
  */
 const MAIL_PARAMETERS: ReadonlySet<string> = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'RET', 'ENVID', 'AUTH']);
+/**
+ * A listener without SASL mechanisms never offers AUTH, so its AUTH= is a parameter of an extension not offered
+ * (Postfix refuses it with SASL off): taken, a client that can never log in there named an authenticated sender,
+ * which scripts saw as the transaction's AUTH parameter.
+ */
+const MAIL_PARAMETERS_WITHOUT_AUTH: ReadonlySet<string> = new Set([...MAIL_PARAMETERS].filter((p) => p !== 'AUTH'));
 const RCPT_PARAMETERS: ReadonlySet<string> = new Set(['NOTIFY', 'ORCPT']);
 
 /**
@@ -484,7 +490,7 @@ export class SessionPolicy {
    */
   mailFrom(conn: SmtpClient, address: SMTPServerAddress, session: SMTPServerSession): Decision {
     const st = conn.state;
-    const unsupported = unsupportedParameter(address, MAIL_PARAMETERS);
+    const unsupported = unsupportedParameter(address, st.listener.auth.mechanisms.length ? MAIL_PARAMETERS : MAIL_PARAMETERS_WITHOUT_AUTH);
     if (unsupported) return unsupported;
     if (undeclaredUtf8(address, address)) return reply('utf8AddressUndeclared');
     if (st.listener.requireTls && !conn.secure) return reply('tlsRequired');

@@ -147,6 +147,9 @@ test('roundRobin: a connection from an address that is no trusted proxy, closed 
   const { outcome } = await open(c.port('untrusted'), '127.0.0.1');
   assert.equal(await outcome, '', 'closed unanswered');
   await c.waitFor('its line', () => linesOf('untrusted').some((l) => l.stage === 'PROXY' && l.decision === 'reject'));
+  // Its reason names the key an operator edits (listeners[].proxyProtocol.trusted), not one the schema refuses.
+  const reason = String(linesOf('untrusted').find((l) => l.stage === 'PROXY' && l.decision === 'reject')!.reason);
+  assert.equal(reason, 'listeners.proxyProtocol.trusted: not a trusted proxy');
   const refused = (await scrapeMetrics(c.port('admin'))).get('postern_smtp_connections_refused_total{listener="untrusted",reason="untrusted-proxy"}');
   assert.equal(refused, 1);
 });

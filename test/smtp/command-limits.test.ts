@@ -31,6 +31,11 @@ listeners:
     reverseDns: false
     tls: { mode: starttls, cert: ${pki.server.cert}, key: ${pki.server.key} }
     limits: { greetingDelayMs: 0 }
+  - name: auth
+    listen: 127.0.0.1:0
+    reverseDns: false
+    auth: { mechanisms: [PLAIN] }
+    limits: { greetingDelayMs: 0 }
 `,
   });
 });
@@ -74,7 +79,18 @@ test('a command that is not UTF-8 is refused, never rewritten; UTF-8 addresses a
 test('a MAIL or RCPT parameter of an extension not offered is refused (REQUIRETLS too), the offered ones are taken', async () => {
   const c = await client();
   assert.equal((await c.command('MAIL FROM:<a@example.org> X-EVIL=1')).text, '555 5.5.4 Unsupported option: X-EVIL');
-  assert.equal((await c.command('MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc AUTH=<>')).code, 250);
+  assert.equal((await c.command('MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc')).code, 250);
+  await c.command('RSET');
+  // AUTH= belongs to the AUTH extension, which a listener without SASL mechanisms never offers: refused there, as
+  // Postfix refuses it with SASL off (taken, a client that can never log in here named an authenticated sender
+  // that scripts saw as the transaction's AUTH parameter). Offered on `auth` (its mechanisms), it is taken.
+  assert.equal((await c.command('MAIL FROM:<a@example.org> AUTH=<>')).text, '555 5.5.4 Unsupported option: AUTH');
+  assert.equal((await c.command('MAIL FROM:<a@example.org> AUTH=boss@example.com')).text, '555 5.5.4 Unsupported option: AUTH');
+  const auth = await SmtpTestClient.connect(server.port('auth'));
+  await auth.hello();
+  assert.equal((await auth.command('MAIL FROM:<a@example.org> AUTH=<>')).code, 250);
+  await auth.quit();
+  assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
   assert.equal((await c.command('RCPT TO:<b@example.com> FOO=bar')).text, '555 5.5.4 Unsupported option: FOO');
   assert.equal((await c.command('RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.com')).code, 250);
   await c.quit();
@@ -95,8 +111,12 @@ test('DSN and AUTH parameters over their RFC lengths get 501 5.5.4: what a sessi
   await c.hello();
   const tooLong = (name: string, n: number) => `501 5.5.4 Error: ${name} parameter exceeds ${n} characters`;
   assert.equal((await c.command(`MAIL FROM:<a@example.org> ENVID=${'e'.repeat(101)}`)).text, tooLong('ENVID', 100));
-  assert.equal((await c.command(`MAIL FROM:<a@example.org> AUTH=${'a'.repeat(490)}@example.org`)).text, tooLong('AUTH', 500));
-  assert.equal((await c.command(`MAIL FROM:<a@example.org> ENVID=${'e'.repeat(100)} AUTH=${'a'.repeat(488)}@example.org`)).code, 250);
+  const auth = await SmtpTestClient.connect(server.port('auth')); // AUTH= where AUTH is offered
+  await auth.hello();
+  assert.equal((await auth.command(`MAIL FROM:<a@example.org> AUTH=${'a'.repeat(490)}@example.org`)).text, tooLong('AUTH', 500));
+  assert.equal((await auth.command(`MAIL FROM:<a@example.org> ENVID=${'e'.repeat(100)} AUTH=${'a'.repeat(488)}@example.org`)).code, 250);
+  await auth.quit();
+  assert.equal((await c.command(`MAIL FROM:<a@example.org> ENVID=${'e'.repeat(100)}`)).code, 250);
   // Within smtp-server's 16 KB command line: each of these held ~16 KB (a NOTIFY list of 2000 entries, spooled too).
   assert.equal((await c.command(`RCPT TO:<u@example.com> ORCPT=rfc822;${'o'.repeat(494)}`)).text, tooLong('ORCPT', 500));
   assert.equal((await c.command(`RCPT TO:<u@example.com> NOTIFY=${'SUCCESS,'.repeat(1990)}DELAY`)).text, tooLong('NOTIFY', 21));
@@ -180,6 +200,25 @@ test('RCPTs past maxRecipients: up to 1000 get 452 and the message still goes; b
   const line = server.logs.find((l) => l.overLimit === 512)!;
   // It names the recipient refused (u516: the 512th over the limit of 5), as Postfix does.
   assert.match(String(line.msg), /: 452 4\.5\.3 <u516@example\.com>: Error: too many recipients; from=<a@example\.org> to=<u516@example\.com> proto=ESMTP helo=<\S+> over_limit=512$/);
+});
+
+// smtp-server takes a recipient named again as a replacement of the first, never over maxRecipients: RCPT TO of one
+// address, repeated, was accepted without end in one transaction (each running the rcptto script, each resetting
+// nothing), where every other command a session can repeat is bounded. Accepted RCPT commands are counted now, the
+// repeated ones too, as Postfix's smtpd_recipient_limit counts them: past maxRecipients each gets 452, as any.
+test('one recipient named again and again: maxRecipients RCPTs accepted, then 452 like any recipient past the limit, then refusals', async () => {
+  const c = await client();
+  const first = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 8 }, (_, i) => `RCPT TO:<${i % 2 ? 'Same' : 'same'}@example.com>`), 'RCPT TO:<other@example.com>', 'DATA']);
+  assert.deepEqual(first.map((r) => r.code), [250, 250, 250, 250, 250, 250, 452, 452, 452, 452, 354]);
+  assert.equal(first[6]!.text, '452 4.5.3 Error: too many recipients');
+  c.socket.write('Subject: one\r\n\r\nhi\r\n.\r\n');
+  assert.match((await c.read()).text, /^250 2\.0\.0 Ok: queued as /, 'the message goes, to its one recipient');
+  // A new transaction counts afresh; past RECIPIENT_OVERSHOOT (1000) each 452 counts as a refusal, up to maxErrors.
+  const second = await pipelined(c, ['MAIL FROM:<a@example.org>', ...Array.from({ length: 1100 }, () => 'RCPT TO:<same@example.com>')], 1027);
+  assert.equal(second.filter((r) => r.code === 250).length, 6, 'MAIL and five RCPTs');
+  assert.equal(second.filter((r) => r.code === 452).length, 1020);
+  assert.match(second.at(-1)!.text, TOO_MANY_ERRORS);
+  assert.ok(await c.waitClosed());
 });
 
 test('DATA and RSET with an argument get 501 (RFC 5321 allows none) and change nothing; QUIT with one still ends the session', async () => {
