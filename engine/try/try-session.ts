@@ -38,9 +38,12 @@ import { loopbackHandshake, type ClientCredentials, type LoopbackHandshake } fro
 
 export type StepName = 'connect' | 'starttls' | 'helo' | 'auth' | 'login' | 'mailfrom' | 'rcptto' | 'data' | 'predelivery';
 
-/** 0 accept, 1 reject, 2 defer, 3 a script error: `postern try`'s exit codes. */
-export type Outcome = 'accept' | 'reject' | 'defer' | 'error';
-export const EXIT_CODES: Record<Outcome, number> = { accept: 0, reject: 1, defer: 2, error: 3 };
+/**
+ * 0 accept, 1 reject, 2 defer, 3 a script error, 4 hold: `postern try`'s exit codes. A held message gets its
+ * 250 but is not delivered until released: a CI that checks "this message goes through" must not pass on it.
+ */
+export type Outcome = 'accept' | 'reject' | 'defer' | 'error' | 'hold';
+export const EXIT_CODES: Record<Outcome, number> = { accept: 0, reject: 1, defer: 2, error: 3, hold: 4 };
 
 export interface LogLine { level: string; script?: string; msg: string }
 
@@ -55,6 +58,8 @@ export interface StepResult {
   calls: HookCall[];
   /** What scripts logged during the step. */
   logs: LogLine[];
+  /** DATA accepted with `accept({ hold })`: the script that held the message and its reason (outcome hold). */
+  held?: { file: string; reason: string };
 }
 
 export interface TryFacts {
@@ -164,14 +169,14 @@ export class TrySession {
   get state(): ConnectionState { return this.#conn.state; }
   get connectionId(): string { return this.#conn.id; }
 
-  async #step(step: StepName, command: string, run: () => Promise<{ reply: string; code: number }>): Promise<StepResult> {
+  async #step(step: StepName, command: string, run: () => Promise<{ reply: string; code: number; held?: StepResult['held'] }>): Promise<StepResult> {
     const logsFrom = this.#logs.length;
     this.#calls = [];
-    const { reply: line, code } = await run();
+    const { reply: line, code, held } = await run();
     const calls = this.#calls;
     const failed = calls.some((c) => c.failure !== null || c.verdict === FAIL_CLOSED);
-    const outcome: Outcome = failed ? 'error' : code >= 500 ? 'reject' : code >= 400 ? 'defer' : 'accept';
-    return { step, command, reply: line, outcome, calls, logs: this.#logs.slice(logsFrom) };
+    const outcome: Outcome = failed ? 'error' : code >= 500 ? 'reject' : code >= 400 ? 'defer' : held ? 'hold' : 'accept';
+    return { step, command, reply: line, outcome, calls, logs: this.#logs.slice(logsFrom), ...(held ? { held } : {}) };
   }
 
   /** The greeting (implicit TLS: after the handshake, as on the listener). */
@@ -304,11 +309,13 @@ export class TrySession {
       if (loop) return asLine(loop);
       // The body as the script's ctx.message.text() reads it: after the empty line that ends the header section.
       const bodyAt = headers.sectionBytes < 0 ? message.length : headers.bodyAt(message[headers.sectionBytes]);
-      const { reply: decided } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));
+      const { reply: decided, hold } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));
       this.#predelivery = { id, size: message.length, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipients: session.envelope.rcptTo.map((r) => r.address) };
       st.transactionId = null;
       session.envelope = { mailFrom: false, rcptTo: [] } as unknown as SMTPServerSession['envelope'];
-      return asLine(decided ?? reply('queued', { id }));
+      const line = asLine(decided ?? reply('queued', { id }));
+      // A hold comes only with an accept (verdict.ts): the 250 is the client's, the message waits in the queue.
+      return hold && line.code < 400 ? { ...line, held: hold } : line;
     });
   }
 
