@@ -74,8 +74,8 @@ export async function runSessionFile(session: TrySession, commands: readonly Ses
         break;
       }
       case 'auth': result = await session.auth(c.mechanism, c.username, c.password, c.authzid); break;
-      case 'mailfrom': result = await session.mailFrom(c.address, c.args); break;
-      case 'rcptto': result = await session.rcptTo(c.address, c.args); break;
+      case 'mailfrom': result = await session.mailFrom(c.address, c.params); break;
+      case 'rcptto': result = await session.rcptTo(c.address, c.params); break;
       case 'data': result = await session.data(c.message); break;
       case 'predelivery': result = await session.predelivery(); break;
       case 'quit': return summarize(steps);
