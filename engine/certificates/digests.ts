@@ -21,8 +21,22 @@ export function toPem(der: ArrayBuffer | Uint8Array, label: string): string {
 
 /** Every PEM block with one of the labels, in file order, as text. */
 export function pemBlocks(text: string, labels: readonly string[]): string[] {
+  return pemBlocksAt(text, labels).map((b) => b.pem);
+}
+
+/** Every PEM block with one of the labels, in file order, with the line its BEGIN is on (from 1). */
+export function pemBlocksAt(text: string, labels: readonly string[]): Array<{ pem: string; line: number }> {
   const re = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]+?-----END \1-----/g;
-  return [...text.matchAll(re)].filter((m) => labels.includes(m[1]!)).map((m) => m[0] + '\n');
+  const out: Array<{ pem: string; line: number }> = [];
+  let line = 1;
+  let at = 0;
+  for (const m of text.matchAll(re)) {
+    if (!labels.includes(m[1]!)) continue;
+    for (let i = text.indexOf('\n', at); i !== -1 && i < m.index; i = text.indexOf('\n', i + 1)) line++;
+    at = m.index;
+    out.push({ pem: m[0] + '\n', line });
+  }
+  return out;
 }
 
 /** The DER inside one PEM block. */

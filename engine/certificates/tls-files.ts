@@ -6,7 +6,7 @@ import { readInputFile, readProblem } from '../config/input-file.ts';
 import { X509Certificate, createPrivateKey, createPublicKey, verify as cryptoVerify } from 'node:crypto';
 import { x509 } from './x509-provider.ts';
 import { children, readTlv } from './der.ts';
-import { pemBlocks, pemToDer, toPem } from './digests.ts';
+import { pemBlocks, pemBlocksAt, pemToDer, toPem } from './digests.ts';
 import { publicRootOf } from './public-roots.ts';
 import { encryptedKeyProblem } from './key-material.ts';
 import { keyMismatch, notPemCertificate } from './key-pair-mistakes.ts';
@@ -64,14 +64,12 @@ async function read(file: string, role: TlsFileRole): Promise<Buffer> {
  */
 export async function loadKeyPair(certFile: string, keyFile: string): Promise<{ cert: string; key: string }> {
   const raw = await read(certFile, 'cert');
-  const certs = pemBlocks(raw.toString('utf8'), ['CERTIFICATE']);
-  if (!certs.length) throw new TlsFileError(certFile, 'cert', notPemCertificate(certFile, raw));
-  let leaf: X509Certificate;
-  try {
-    leaf = new X509Certificate(certs[0]!);
-  } catch (err) {
-    throw new TlsFileError(certFile, 'cert', `unreadable certificate: ${message(err)}`);
-  }
+  const blocks = pemBlocksAt(raw.toString('utf8'), ['CERTIFICATE']);
+  if (!blocks.length) throw new TlsFileError(certFile, 'cert', notPemCertificate(certFile, raw));
+  // Every block, the chain's too, as OpenSSL reads it when the listener starts: a chain certificate it cannot read
+  // (a line lost in a copy of fullchain.pem) passed here, and each process then failed to start with it.
+  const [leaf] = blocks.map((b, i) => opensslCertificate(certFile, 'cert', b, i, blocks.length));
+  const certs = blocks.map((b) => b.pem);
   const key = (await read(keyFile, 'key')).toString('utf8');
   let fromKey: Buffer;
   try {
@@ -102,18 +100,21 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
   const now = new Date();
   const giveWay = slicer(1);
   for (const file of files.caFiles) {
-    const pems = pemBlocks((await read(file, 'ca')).toString('utf8'), ['CERTIFICATE']);
-    if (!pems.length) throw new TlsFileError(file, 'ca', 'not a PEM certificate');
-    if (pems.length > MAX_BUNDLE_CERTIFICATES) throw new TlsFileError(file, 'ca', `holds ${pems.length} certificates, more than the ${MAX_BUNDLE_CERTIFICATES} a CA bundle is read with: list only the CAs that issue the certificates to verify`);
-    for (const pem of pems) {
+    const blocks = pemBlocksAt((await read(file, 'ca')).toString('utf8'), ['CERTIFICATE']);
+    if (!blocks.length) throw new TlsFileError(file, 'ca', 'not a PEM certificate');
+    if (blocks.length > MAX_BUNDLE_CERTIFICATES) throw new TlsFileError(file, 'ca', `holds ${blocks.length} certificates, more than the ${MAX_BUNDLE_CERTIFICATES} a CA bundle is read with: list only the CAs that issue the certificates to verify`);
+    for (const [i, block] of blocks.entries()) {
+      const pem = block.pem;
       // Each certificate is a parse of its own: the sessions of the process get their turn between them.
       const turn = giveWay();
       if (turn) await turn;
+      // As OpenSSL reads it for the listener (a CA it cannot read would be left out there, silently).
+      opensslCertificate(file, 'ca', block, i, blocks.length);
       let cert: x509.X509Certificate;
       try {
         cert = new x509.X509Certificate(pemToDer(pem));
       } catch (err) {
-        throw new TlsFileError(file, 'ca', `unreadable certificate: ${message(err)}`);
+        throw new TlsFileError(file, 'ca', `${which(block, i, blocks.length)}unreadable certificate: ${message(err)}`);
       }
       const publicRoot = files.forClients ? publicRootOf(new X509Certificate(pemToDer(pem))) : null;
       if (publicRoot !== null) {
@@ -153,6 +154,7 @@ export async function loadTrustMaterial(files: { caFiles: readonly string[]; crl
 async function readCrls(file: string): Promise<x509.X509Crl[]> {
   const raw = await read(file, 'crl');
   const text = raw.toString('latin1');
+  // Served re-framed from the DER read here (see toPem): what OpenSSL gets is what this read.
   const pems = pemBlocks(text, ['X509 CRL', 'CRL']);
   if (!pems.length && text.includes('-----BEGIN')) throw new TlsFileError(file, 'crl', 'not a PEM CRL');
   return (pems.length ? pems.map(pemToDer) : [raw]).map((der) => {
@@ -162,6 +164,20 @@ async function readCrls(file: string): Promise<x509.X509Crl[]> {
       throw new TlsFileError(file, 'crl', `not a CRL (PEM or DER): ${message(err)}`);
     }
   });
+}
+
+/** `certificate 2 of 3 (line 31): `: which certificate of a file a problem is about; nothing for a file of one. */
+function which(block: { line: number }, index: number, count: number): string {
+  return count > 1 ? `certificate ${index + 1} of ${count} (line ${block.line}): ` : '';
+}
+
+/** A certificate block read by OpenSSL, as the listener's TLS reads it (a stricter reader of PEM than a base64 decode). */
+function opensslCertificate(file: string, role: TlsFileRole, block: { pem: string; line: number }, index: number, count: number): X509Certificate {
+  try {
+    return new X509Certificate(block.pem);
+  } catch (err) {
+    throw new TlsFileError(file, role, `${which(block, index, count)}unreadable certificate: ${message(err)}`);
+  }
 }
 
 /** When each CRL of a file runs out: its issuer and its nextUpdate (null when it names none). */

@@ -154,7 +154,7 @@ for (const [op, description] of QUEUE_ACTIONS) {
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 program.command('try [hook]')
-  .description('run a hook\'s script against given facts as the server would; print context, verdict, logs and the reply (exit 0 accept, 1 reject, 2 defer, 3 script error)')
+  .description('run a hook\'s script against given facts as the server would; print context, verdict, logs and the reply (exit 0 accept, 1 reject, 2 defer, 3 script error, 4 accepted on hold)')
   .option('-c, --config <file>', 'configuration file (postern.yaml)')
   .option('--listener <name>', 'the listener (default: the first)')
   .option('--scripts <dir>', 'try this scripts folder instead of the configured one')

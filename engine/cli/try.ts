@@ -1,7 +1,7 @@
 /**
  * `postern try HOOK …` and `postern try --session FILE`: run scripts against facts given on the command
  * line (engine/try/), print each step's context, verdict, script log lines, time and the reply line, and
- * exit 0 accept, 1 reject, 2 defer, 3 script error (or nothing could be tried).
+ * exit 0 accept, 1 reject, 2 defer, 3 script error (or nothing could be tried), 4 accepted on hold.
  */
 import { readFileSync } from 'node:fs';
 import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
@@ -122,7 +122,7 @@ function asJson(session: TrySession, result: TryResult): object {
     outcome: result.outcome,
     exitCode: result.exitCode,
     steps: result.steps.map((s) => ({
-      step: s.step, command: s.command, reply: s.reply, outcome: s.outcome, logs: s.logs,
+      step: s.step, command: s.command, reply: s.reply, outcome: s.outcome, ...(s.held ? { held: s.held } : {}), logs: s.logs,
       calls: s.calls.map((c) => ({
         hook: c.hook, script: session.hasScript(c.hook), context: withoutPassword(c.hook, c.ctx), verdict: c.verdict === FAIL_CLOSED ? null : c.verdict ?? null, failure: c.failure, ms: round(c.seconds * 1000),
       })),
@@ -146,6 +146,8 @@ function asText(session: TrySession, result: TryResult, hook: HookName | undefin
     }
     for (const l of s.logs) out.push(`  log ${l.level}${l.script ? ` ${l.script}` : ''}: ${l.msg}`);
     out.push(`< ${s.reply}`);
+    // The client's 250 alone reads as delivered: a held message waits in the queue for `postern queue release`.
+    if (s.held) out.push(`  held: by script ${s.held.file}: ${s.held.reason} (not delivered until postern queue release)`);
   }
   const lastStep = result.steps.at(-1);
   if (!reached && lastStep) {

@@ -204,7 +204,7 @@ export async function buildGeneration(loaded: LoadedConfig, options: BuildOption
   for (const w of unboundLogins(config, sandboxes)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   const open = openLocalDomains(config, sandboxes);
   if (open) warnings.push({ message: located(loaded, ['localDomains'], open) });
-  for (const w of pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
+  for (const w of await pinTableDigests(config, tables)) warnings.push({ listener: w.name, message: located(loaded, w.path, w.message) });
   // Revoked is revoked: a listener that trusts pki.dir's CA without its CRL would take back what pki revoke revoked.
   const gaps = config.pki.dir ? await unloadedCrls(config, config.pki.dir) : [];
   // The same gap in the configuration in force: refusing would only keep the older CRL on the other listeners too.

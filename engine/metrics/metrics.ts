@@ -133,7 +133,7 @@ export const metrics = {
   }),
   readinessCheck: new Gauge({
     name: 'postern_readiness_check_passed',
-    help: 'Each check of /readyz at this scrape, by check (listeners, spool, store, processes, reload): 1 passed, 0 failed (the load balancer takes the server out of its pool)',
+    help: 'Each check of /readyz at this scrape, by check (listeners, spool, store, reload; under postern serve processes, lock): 1 passed, 0 failed (the load balancer takes the server out of its pool)',
     labelNames: ['check'] as const, registers: [registry],
     aggregator: 'min', // only the process that answers /readyz sets it
   }),

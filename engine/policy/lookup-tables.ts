@@ -29,6 +29,8 @@ export class TableError extends Error {
 
 export class LookupTable {
   readonly #entries = new Map<string, string>();
+  /** Keys (folded) written in another spelling than their canonical one, which is a key too. */
+  readonly #spellings = new Set<string>();
   readonly #caseSensitive: boolean;
   readonly name: string;
   readonly file: string;
@@ -45,7 +47,10 @@ export class LookupTable {
     // One pin (or address) written twice, in two spellings, for two accounts: the later line silently won.
     const had = this.#entries.has(k) || (canonical !== null && this.#entries.has(canonical));
     this.#entries.set(k, value);
-    if (canonical && canonical !== k) this.#entries.set(canonical, value);
+    if (canonical && canonical !== k) {
+      this.#entries.set(canonical, value);
+      this.#spellings.add(k);
+    }
     return !had;
   }
 
@@ -55,6 +60,12 @@ export class LookupTable {
     const canonical = this.#canonical(key);
     return canonical ? this.#entries.get(canonical) ?? null : null;
   }
+
+  /**
+   * Is `key` (one of keys()) a spelling of another key of the table, its canonical one (see #canonical)? A
+   * case-folded base64 pin is one, though it no longer reads as a digest itself.
+   */
+  isSpelling(key: string): boolean { return this.#spellings.has(key); }
 
   /** The key's one spelling when it is a digest, an IP address, or a domain or address with an IDN (else null). */
   #canonical(key: string): string | null {

@@ -9,8 +9,10 @@ import { metrics } from '../metrics/metrics.ts';
 import { REPLIES } from './replies.ts';
 import { GREETING_PAUSE_REASON } from './decision-log.ts';
 
-export type ConnectionRefusal = 'max-connections' | 'per-ip-limit' | 'connection-rate' | 'store-unavailable' | 'auth-failures'
-  | 'greeting-pause' | 'untrusted-proxy' | 'proxy-header' | 'server-busy';
+/** The reason label's values (docs/operations.md's row lists each: test/metrics/metrics.test.ts). */
+export const CONNECTION_REFUSALS = ['max-connections', 'per-ip-limit', 'connection-rate', 'store-unavailable', 'auth-failures',
+  'greeting-pause', 'untrusted-proxy', 'proxy-header', 'server-busy', 'client-certificate', 'listener-removed'] as const;
+export type ConnectionRefusal = typeof CONNECTION_REFUSALS[number];
 
 const BY_REASON: ReadonlyMap<string, ConnectionRefusal> = new Map([
   [REPLIES.tooManyClients.reason, 'max-connections'],
@@ -20,6 +22,11 @@ const BY_REASON: ReadonlyMap<string, ConnectionRefusal> = new Map([
   [REPLIES.connectionLimitStoreUnavailable.reason, 'store-unavailable'],
   [REPLIES.tooManyAuthFailures.reason, 'auth-failures'],
   [GREETING_PAUSE_REASON, 'greeting-pause'],
+  // On an implicit-TLS listener the handshake comes before the greeting: a certificate refused there is refused at connect.
+  [REPLIES.certificateRequiredMissing.reason, 'client-certificate'],
+  [REPLIES.certificateRequiredNotTrusted.reason, 'client-certificate'],
+  [REPLIES.certificateNotTrustedStrict.reason, 'client-certificate'],
+  [REPLIES.listenerRemoved.reason, 'listener-removed'],
 ]);
 
 /** A refusal sent at stage CONNECT, with the reason of its decision line. */

@@ -62,7 +62,11 @@ export const LOGGED_RECIPIENTS = 5;
  * decision came (a script still deciding, a spool commit): the line says so (`sent: false`, `(not sent: the client
  * had left)`), and the refusal is not counted in postern_smtp_refusals_total, which counts what clients got.
  */
-export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStage, reply: LoggedReply, facts: DecisionFacts = {}, sent = true): void {
+/**
+ * `unsent`: why the reply did not reach the client (it had left; tls.strict closed the connection instead), or null
+ * when it was sent. The decision stands either way; the line says it was not sent (`sent: false`).
+ */
+export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStage, reply: LoggedReply, facts: DecisionFacts = {}, unsent: string | null = null): void {
   const st = conn.state;
   const name = clientName(conn.clientHostname);
   const client = `${name ?? 'unknown'}[${conn.remoteAddress}]`;
@@ -83,11 +87,11 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   const verb = reply.responseCode >= 500 ? 'reject' : 'defer';
   log.info({
     cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: name,
-    listener: st.listener.name, sent: sent ? undefined : false, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
+    listener: st.listener.name, sent: unsent === null ? undefined : false, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
     script: scriptFileOf(st, reply.reason),
     from: facts.from, to, nrcpt, helo: st.heloName, overLimit: facts.overLimit, user: st.user, identity: st.identity.identity,
     certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: boundedName(st.certificate.subject.dn), verified: st.certificate.verified } : null,
-  }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}${sent ? '' : ' (not sent: the client had left)'}`);
+  }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}${unsent === null ? '' : ` (not sent: ${unsent})`}`);
 }
 
 /** smtp-server's 421 to a client that talked before the greeting. */

@@ -7,7 +7,8 @@ import { smtpServerLogger } from '../logging/smtp-server-logger.ts';
 import { constants, X509Certificate } from 'node:crypto';
 import type { SMTPServerOptions } from 'smtp-server';
 import type { ListenerConfig } from '../config/schema.ts';
-import { loadTrustMaterial, loadKeyPair, TrustedIssuers, type TlsFileError } from '../certificates/index.ts';
+import { loadTrustMaterial, loadKeyPair, TrustedIssuers, TlsFileError } from '../certificates/index.ts';
+import { createSecureContext } from 'node:tls';
 import type { ListenerSetup } from './postern-server.ts';
 import { reply } from './replies.ts';
 import { TrustedProxies } from '../proxy-protocol/trusted-proxies.ts';
@@ -29,7 +30,16 @@ export async function loadListenerTls(l: ListenerConfig, pkiCrl?: string): Promi
   const trust = l.tls.clientCertificates === 'none'
     ? { ca: [], crl: [], warnings: [] }
     : await loadTrustMaterial({ caFiles: l.tls.caFiles, crlFiles: l.tls.crlFiles, forClients: true, ...(pkiCrl ? { pkiCrl } : {}) });
-  return { key: pair.key, cert: pair.cert, ca: trust.ca, crl: trust.crl.length ? trust.crl : undefined, warnings: trust.warnings };
+  const tls = { key: pair.key, cert: pair.cert, ca: trust.ca, crl: trust.crl.length ? trust.crl : undefined, warnings: trust.warnings };
+  // The key pair as the listener's OpenSSL takes it, as each process's start does: whatever it refuses is refused here
+  // (by a check, a start, a reload: the running configuration stays), never first met by a process starting. (Each
+  // CA and CRL block was read by OpenSSL in loadTrustMaterial; a context of a whole bundle would cost the loop more.)
+  try {
+    createSecureContext({ key: tls.key, cert: tls.cert });
+  } catch (err) {
+    throw new TlsFileError(l.tls.cert!, 'cert', `OpenSSL refuses this certificate with its key ${l.tls.key}: ${(err as Error).message}`);
+  }
+  return tls;
 }
 
 /** The listener's key (below the listener) that names the file a TlsFileError is about, e.g. `['tls', 'caFiles', 1]`. */

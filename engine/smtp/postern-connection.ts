@@ -488,11 +488,14 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // otherwise (its own size limit, a timeout), and then its reply goes out as its own.
     if (decided !== null && decided.reply.responseCode === code) {
       const { reply: sent, stage, facts } = decided;
-      const clientLeft = !this.#replyReaches() && !this.state.closedUnanswered;
+      const closedUnanswered = this.state.closedUnanswered;
+      const clientLeft = !this.#replyReaches() && !closedUnanswered;
       if (sent.refuses) {
-        // The decision stands (its line says why), but a client that left got no refusal: not counted as one.
+        // The decision stands (its line says why), but a client that left got no refusal: not counted as one. One
+        // closed unanswered (tls.strict) was refused, by the close: counted, and its line says no reply went out.
         if (!clientLeft) this.#refusalCounted(stage, code, sent.reason);
-        logRefusal(this.#server.runtime.logger, this, stage, sent, this.#withEnvelope(facts), !clientLeft);
+        const unsent = closedUnanswered ? 'the connection was closed without a reply (tls.strict)' : clientLeft ? 'the client had left' : null;
+        logRefusal(this.#server.runtime.logger, this, stage, sent, this.#withEnvelope(facts), unsent);
       } else if (clientLeft && stage === 'END-OF-MESSAGE') {
         // Spooled (and delivered), but the client never read its 250: it may send the message again.
         this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress, reply: sent.message },

@@ -2,7 +2,8 @@
  * The order of a try: `tryHook` walks a session from the connection to the hook asked for (each hook
  * before it runs too, as on the listener), `runSessionFile` plays a session file. Both stop where a real
  * client would have to: after a refused connection, greeting or sender. The outcome (and exit code) is
- * a script error if any script call failed, else that of the first refused step, else accept.
+ * a script error if any script call failed, else that of the first refused step, else hold if a message
+ * was accepted on hold, else accept.
  */
 import type { HookName } from '../sandbox/api/index.ts';
 import { EXIT_CODES, type Outcome, type StepResult, type TrySession } from './try-session.ts';
@@ -22,12 +23,14 @@ export interface HookFlags {
 export interface TryResult { steps: StepResult[]; outcome: Outcome; exitCode: number }
 
 export function summarize(steps: StepResult[]): TryResult {
-  const outcome: Outcome = steps.some((s) => s.outcome === 'error') ? 'error' : steps.find((s) => s.outcome !== 'accept')?.outcome ?? 'accept';
+  const outcome: Outcome = steps.some((s) => s.outcome === 'error') ? 'error'
+    : steps.find((s) => s.outcome === 'reject' || s.outcome === 'defer')?.outcome
+    ?? (steps.some((s) => s.outcome === 'hold') ? 'hold' : 'accept');
   return { steps, outcome, exitCode: EXIT_CODES[outcome] };
 }
 
 /** Steps that end the session (or its transaction) when refused. */
-const refused = (s: StepResult | null): boolean => s !== null && s.outcome !== 'accept';
+const refused = (s: StepResult | null): boolean => s !== null && s.outcome !== 'accept' && s.outcome !== 'hold';
 
 export async function tryHook(session: TrySession, hook: HookName, flags: HookFlags): Promise<TryResult> {
   const steps: StepResult[] = [];
@@ -71,8 +74,8 @@ export async function runSessionFile(session: TrySession, commands: readonly Ses
         break;
       }
       case 'auth': result = await session.auth(c.mechanism, c.username, c.password, c.authzid); break;
-      case 'mailfrom': result = await session.mailFrom(c.address, c.args); break;
-      case 'rcptto': result = await session.rcptTo(c.address, c.args); break;
+      case 'mailfrom': result = await session.mailFrom(c.address, c.params); break;
+      case 'rcptto': result = await session.rcptTo(c.address, c.params); break;
       case 'data': result = await session.data(c.message); break;
       case 'predelivery': result = await session.predelivery(); break;
       case 'quit': return summarize(steps);

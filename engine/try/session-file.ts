@@ -21,7 +21,7 @@ export type SessionCommand =
   | { kind: 'helo'; verb: 'HELO' | 'EHLO'; name: string; line: number }
   | { kind: 'starttls'; line: number }
   | { kind: 'auth'; mechanism: string; username: string; password: string; authzid: string; line: number }
-  | { kind: 'mailfrom' | 'rcptto'; address: string; args: Record<string, string>; line: number }
+  | { kind: 'mailfrom' | 'rcptto'; address: string; args: Record<string, string>; params: string; line: number }
   | { kind: 'data'; message: Buffer; line: number }
   | { kind: 'predelivery'; line: number }
   | { kind: 'quit'; line: number };
@@ -62,7 +62,8 @@ export function readSessionFile(file: string): SessionCommand[] {
           const eq = p.indexOf('=');
           args[(eq < 0 ? p : p.slice(0, eq)).toUpperCase()] = eq < 0 ? 'true' : p.slice(eq + 1);
         }
-        out.push({ kind: verb.toUpperCase() === 'MAIL' ? 'mailfrom' : 'rcptto', address: m![2]!, args, line });
+        // The parameters as written too: the listener's own checks read them so (a bare SMTPUTF8, SIZE=1 SIZE=2).
+        out.push({ kind: verb.toUpperCase() === 'MAIL' ? 'mailfrom' : 'rcptto', address: m![2]!, args, params: m![3]!.trim(), line });
         break;
       }
       case 'DATA': {

@@ -10,7 +10,7 @@ import { hopLimitRefusal } from '../smtp/hop-limit.ts';
 import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import type { SMTPServerAddress, SMTPServerSession } from 'smtp-server';
+import type { SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { LoadedConfig } from '../config/load-config.ts';
 import type { ListenerConfig } from '../config/schema.ts';
 import { buildGeneration, type BuiltGeneration } from '../generation/build-generation.ts';
@@ -24,7 +24,7 @@ import { SessionPolicy } from '../smtp/session-policy.ts';
 import type { SmtpClient } from '../smtp/smtp-client.ts';
 import type { Runtime } from '../smtp/runtime.ts';
 import { SmtpReply } from '../smtp/reply.ts';
-import { canonicalAddress, preparedPath } from '../smtp/envelope-path.ts';
+import { AddressCommands, freshEnvelope } from '../smtp/address-command.ts';
 import { canonicalIp } from '../addresses/ip-text.ts';
 import { reply } from '../smtp/replies.ts';
 import { HeaderReader } from '../smtp/header-reader.ts';
@@ -38,9 +38,12 @@ import { loopbackHandshake, type ClientCredentials, type LoopbackHandshake } fro
 
 export type StepName = 'connect' | 'starttls' | 'helo' | 'auth' | 'login' | 'mailfrom' | 'rcptto' | 'data' | 'predelivery';
 
-/** 0 accept, 1 reject, 2 defer, 3 a script error: `postern try`'s exit codes. */
-export type Outcome = 'accept' | 'reject' | 'defer' | 'error';
-export const EXIT_CODES: Record<Outcome, number> = { accept: 0, reject: 1, defer: 2, error: 3 };
+/**
+ * 0 accept, 1 reject, 2 defer, 3 a script error, 4 hold: `postern try`'s exit codes. A held message gets its
+ * 250 but is not delivered until released: a CI that checks "this message goes through" must not pass on it.
+ */
+export type Outcome = 'accept' | 'reject' | 'defer' | 'error' | 'hold';
+export const EXIT_CODES: Record<Outcome, number> = { accept: 0, reject: 1, defer: 2, error: 3, hold: 4 };
 
 export interface LogLine { level: string; script?: string; msg: string }
 
@@ -55,6 +58,8 @@ export interface StepResult {
   calls: HookCall[];
   /** What scripts logged during the step. */
   logs: LogLine[];
+  /** DATA accepted with `accept({ hold })`: the script that held the message and its reason (outcome hold). */
+  held?: { file: string; reason: string };
 }
 
 export interface TryFacts {
@@ -125,7 +130,7 @@ export class TrySession {
       parseAddressList,
     };
     this.#policy = new SessionPolicy(runtime);
-    this.#conn = new TryConnection(generation.acquire(), this.listener, facts, setup.trust, (setup.options as { size?: number }).size);
+    this.#conn = new TryConnection(generation.acquire(), this.listener, facts, setup.trust, setup.options as SMTPServerOptions);
     this.#stopObserving = observeHookCalls((call) => { if (call.generation === generation) this.#calls.push(call); });
   }
 
@@ -164,14 +169,14 @@ export class TrySession {
   get state(): ConnectionState { return this.#conn.state; }
   get connectionId(): string { return this.#conn.id; }
 
-  async #step(step: StepName, command: string, run: () => Promise<{ reply: string; code: number }>): Promise<StepResult> {
+  async #step(step: StepName, command: string, run: () => Promise<{ reply: string; code: number; held?: StepResult['held'] }>): Promise<StepResult> {
     const logsFrom = this.#logs.length;
     this.#calls = [];
-    const { reply: line, code } = await run();
+    const { reply: line, code, held } = await run();
     const calls = this.#calls;
     const failed = calls.some((c) => c.failure !== null || c.verdict === FAIL_CLOSED);
-    const outcome: Outcome = failed ? 'error' : code >= 500 ? 'reject' : code >= 400 ? 'defer' : 'accept';
-    return { step, command, reply: line, outcome, calls, logs: this.#logs.slice(logsFrom) };
+    const outcome: Outcome = failed ? 'error' : code >= 500 ? 'reject' : code >= 400 ? 'defer' : held ? 'hold' : 'accept';
+    return { step, command, reply: line, outcome, calls, logs: this.#logs.slice(logsFrom), ...(held ? { held } : {}) };
   }
 
   /** The greeting (implicit TLS: after the handshake, as on the listener). */
@@ -248,42 +253,20 @@ export class TrySession {
     return { step: 'login', command: `(taken as logged in as ${user}: no AUTH, no auth hook)`, reply: asLine(reply('authSucceeded')).reply, outcome: 'accept', calls: [], logs: [] };
   }
 
-  async mailFrom(address: string, args: Record<string, string> = {}): Promise<StepResult> {
-    const parsed = smtpAddress(address, args);
-    return this.#step('mailfrom', `MAIL FROM:<${address}>${params(args)}`, async () => {
-      const refused = this.#canonical('MAIL FROM', parsed, !!args.SMTPUTF8);
-      if (refused) return asLine(refused);
-      const decided = await this.#policy.mailFrom(this.#conn, parsed, this.#conn.session);
-      if (decided?.refuses) return asLine(decided);
-      this.#conn.session.envelope.mailFrom = parsed;
-      return asLine(decided ?? reply('senderAccepted'));
-    });
-  }
-
-  async rcptTo(address: string, args: Record<string, string> = {}): Promise<StepResult> {
-    const parsed = smtpAddress(address, args);
-    return this.#step('rcptto', `RCPT TO:<${address}>${params(args)}`, async () => {
-      if (!this.#conn.session.envelope.mailFrom) return { reply: '503 5.5.1 Error: need MAIL command', code: 503 };
-      const mailArgs = this.#conn.session.envelope.mailFrom.args as Record<string, unknown> | false;
-      const refused = this.#canonical('RCPT TO', parsed, !!(mailArgs && mailArgs.SMTPUTF8));
-      if (refused) return asLine(refused);
-      const decided = await this.#policy.rcptTo(this.#conn, parsed, this.#conn.session);
-      if (decided?.refuses) return asLine(decided);
-      this.#conn.session.envelope.rcptTo.push(parsed);
-      return asLine(decided ?? reply('recipientAccepted'));
-    });
-  }
-
   /**
-   * The address in the form the server's listener gives scripts and rules (postern-connection.ts): a quoted local
-   * part unquoted (or refused when it needs its quotes), a bare postmaster rewritten, the domain in envelope form.
+   * MAIL FROM (`params`: its parameters as a client writes them, `SIZE=1200 BODY=8BITMIME`): smtp-server's own
+   * checks first, as on the listener (address-command.ts), then the policy.
    */
-  #canonical(verb: 'MAIL FROM' | 'RCPT TO', parsed: SMTPServerAddress, utf8: boolean): SmtpReply | null {
-    const path = preparedPath(Buffer.from(`${verb}:<${parsed.address}>`));
-    if (path instanceof SmtpReply) return path;
-    parsed.address = path.toString('utf8').slice(verb.length + 2, -1);
-    canonicalAddress(parsed, verb === 'RCPT TO', utf8, !/[^\x00-\x7f]/.test(parsed.address), this.built.generation.config);
-    return null;
+  async mailFrom(address: string, params = ''): Promise<StepResult> {
+    const command = `MAIL FROM:<${address}>${params ? ` ${params}` : ''}`;
+    return this.#step('mailfrom', command, () => this.#conn.commands.run('MAIL', command,
+      async (parsed) => (await this.#policy.mailFrom(this.#conn, parsed, this.#conn.session)) ?? reply('senderAccepted')));
+  }
+
+  async rcptTo(address: string, params = ''): Promise<StepResult> {
+    const command = `RCPT TO:<${address}>${params ? ` ${params}` : ''}`;
+    return this.#step('rcptto', command, () => this.#conn.commands.run('RCPT', command,
+      async (parsed) => (await this.#policy.rcptTo(this.#conn, parsed, this.#conn.session)) ?? reply('recipientAccepted')));
   }
 
   /** DATA with `message` (headers and body, as the client sends it after dot-unstuffing). */
@@ -304,11 +287,13 @@ export class TrySession {
       if (loop) return asLine(loop);
       // The body as the script's ctx.message.text() reads it: after the empty line that ends the header section.
       const bodyAt = headers.sectionBytes < 0 ? message.length : headers.bodyAt(message[headers.sectionBytes]);
-      const { reply: decided } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));
+      const { reply: decided, hold } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));
       this.#predelivery = { id, size: message.length, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipients: session.envelope.rcptTo.map((r) => r.address) };
       st.transactionId = null;
-      session.envelope = { mailFrom: false, rcptTo: [] } as unknown as SMTPServerSession['envelope'];
-      return asLine(decided ?? reply('queued', { id }));
+      this.#conn.commands.endTransaction();
+      const line = asLine(decided ?? reply('queued', { id }));
+      // A hold comes only with an accept (verdict.ts): the 250 is the client's, the message waits in the queue.
+      return hold && line.code < 400 ? { ...line, held: hold } : line;
     });
   }
 
@@ -364,8 +349,11 @@ class TryConnection implements SmtpClient {
   _socket: TLSSocket = null as unknown as TLSSocket;
   readonly trust: SmtpClient['trust'];
   readonly maxMessageSize: number;
+  /** MAIL FROM and RCPT TO through smtp-server's own checks, on this session. */
+  readonly commands: AddressCommands;
 
-  constructor(generation: ConnectionState['generation'], listener: ListenerConfig, facts: TryFacts, trust: SmtpClient['trust'], size: number | undefined) {
+  constructor(generation: ConnectionState['generation'], listener: ListenerConfig, facts: TryFacts, trust: SmtpClient['trust'], options: SMTPServerOptions) {
+    const size = (options as { size?: number }).size;
     // As a listener names the client (--ip ::FFFF:127.0.0.1 is 127.0.0.1): scripts see here what they see live.
     this.remoteAddress = canonicalIp(facts.ip ?? '127.0.0.1');
     this.clientHostname = `[${this.remoteAddress}]`;
@@ -376,8 +364,9 @@ class TryConnection implements SmtpClient {
     this.session = {
       id: this.id, remoteAddress: this.remoteAddress, remotePort: facts.port ?? 50000, localAddress: host, localPort: port,
       clientHostname: this.clientHostname, openingCommand: '', hostNameAppearsAs: '', secure: false, tlsOptions: false, servername: '',
-      envelope: { mailFrom: false, rcptTo: [] }, transmissionType: 'ESMTP', transaction: 1,
+      envelope: freshEnvelope(options), transmissionType: 'ESMTP', transaction: 1,
     } as unknown as SMTPServerSession;
+    this.commands = new AddressCommands(options, this.session, () => this.secure, generation.config, listener.limits.maxRecipients);
   }
 
   decide(_stage: string, decided: SmtpReply | null): SmtpReply | null { return decided?.refuses ? decided : null; }
@@ -392,8 +381,4 @@ function asLine(r: SmtpReply): { reply: string; code: number } {
   return { reply: `${r.responseCode} ${r.message}`, code: r.responseCode };
 }
 
-function smtpAddress(address: string, args: Record<string, string>): SMTPServerAddress {
-  return { address, args: Object.keys(args).length ? args : false } as SMTPServerAddress;
-}
 
-const params = (args: Record<string, string>): string => Object.entries(args).map(([k, v]) => ` ${k}=${v}`).join('');

@@ -36,6 +36,14 @@ test('one worker of two at its open-file limit: ready (the other serves); both: 
   const admin = c.port('admin');
   const pids = [await workerPid(c, 0), await workerPid(c, 1)];
   await until('ready', async () => (await readyz(admin)).code === '200', { timeoutMs: 30_000 });
+  // Every check /readyz makes under postern serve is named where an alert on its gauge is written: the gauge's help
+  // and docs/operations.md's row for it (the lock check was missing from both).
+  const checks = Object.keys((await readyz(admin)).body.checks);
+  const scrape = await curl('curl', ['-s', `http://127.0.0.1:${admin}/metrics`]);
+  const help = /^# HELP postern_readiness_check_passed (.*)$/m.exec(scrape.stdout)![1]!;
+  const row = /^\| `postern_readiness_check_passed` \|.*$/m.exec(readFileSync(new URL('../../docs/operations.md', import.meta.url), 'utf8'))![0];
+  assert.deepEqual(checks.filter((name) => !new RegExp(`\\b${name}\\b`).test(help)), [], `checks the help does not name: ${help}`);
+  assert.deepEqual(checks.filter((name) => !row.includes(`\`${name}\``)), [], 'checks docs/operations.md does not name');
 
   const undo0 = starve(pids[0]!);
   await c.waitFor('worker 0 full', () => c!.logs.some((l) => /worker 0 is near its open-file limit/.test(String(l.msg))));

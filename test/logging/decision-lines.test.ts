@@ -369,7 +369,13 @@ const ROWS = {
     },
   },
   certificateNotTrustedStrict: {
-    server: 'main', stage: 'STARTTLS', unsent: true, check: expectCertificate('stranger'),
+    server: 'main', stage: 'STARTTLS', unsent: true,
+    check(line) {
+      expectCertificate('stranger')(line);
+      // No reply went out (the connection is closed): the line says so, as for a client that had left.
+      assert.equal(line.sent, false);
+      assert.match(String(line.msg), /: 421 4\.7\.1 Client certificate not trusted; .*\(not sent: the connection was closed without a reply \(tls\.strict\)\)$/);
+    },
     async drive() {
       const { c, seen } = await open('main', 'strict');
       seen.push(await c.command('EHLO client.example'));

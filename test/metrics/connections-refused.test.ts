@@ -2,7 +2,9 @@
 // rule that refused it: those answered 421 (the listener's and the address's connection limits, the connection
 // rate, the auth-failure block, a client that talks before the greeting) and those closed unanswered before
 // any SMTP (over twice the per-address limit before TLS, over the rate before TLS, a PROXY header from an
-// untrusted address or one that does not parse). A flood an administrator should see is never left uncounted.
+// untrusted address or one that does not parse), and on an implicit-TLS listener, where the handshake comes
+// before the greeting, a client certificate refused there (tls.clientCertificates: require answers 421, tls.strict
+// closes unanswered). A flood an administrator should see is never left uncounted.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -10,18 +12,23 @@ import { readFile } from 'node:fs/promises';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
-import { makeTestPki } from '../helpers/pki.ts';
+import { clientTlsOptions, makeTestPki } from '../helpers/pki.ts';
+import type { TlsClientOptions } from '../helpers/smtp-client.ts';
 import { closed, until } from '../helpers/wait.ts';
 import { metrics } from '../../engine/metrics/metrics.ts';
 import { hashPassword } from '../../engine/auth/password-hash.ts';
 
 let server: TestServer;
 let ca: string;
+let stranger: TlsClientOptions;
 
 before(async () => {
   const pki = await makeTestPki();
   ca = await readFile(pki.ca.cert, 'utf8');
   const smtps = { mode: 'implicit' as const, cert: pki.server.cert, key: pki.server.key };
+  // A certificate of another CA: neither verified nor pinned.
+  stranger = { ...await clientTlsOptions(pki, 'stranger'), ca };
+  const asking = { ...smtps, caFiles: [pki.ca.cert] };
   server = await startTestServer({
     files: { users: `alice@example.com:${await hashPassword('alice-Secret-1')}\n` },
     config: configYaml({
@@ -35,6 +42,8 @@ before(async () => {
         testListener('authlimit', { tls: { mode: 'none' }, auth: { mechanisms: ['PLAIN'] }, limits: { authFailuresPerIp: 1, authFailuresBeforeDelay: 1000 } }),
         testListener('smtps-perip', { tls: smtps, limits: { maxConnectionsPerIp: 1 } }),
         testListener('smtps-rate', { tls: smtps, limits: { connectionRatePerIp: { count: 1, windowSeconds: 3600 } } }),
+        testListener('smtps-require', { tls: { ...asking, clientCertificates: 'require' } }),
+        testListener('smtps-strict', { tls: { ...asking, clientCertificates: 'request', strict: true } }),
         testListener('untrusted', { tls: { mode: 'none' }, proxyProtocol: { trusted: ['10.0.0.0/8'] } }),
         testListener('proxied', { tls: { mode: 'none' }, proxyProtocol: { trusted: ['127.0.0.0/8'] } }),
       ],
@@ -132,6 +141,21 @@ const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> 
       assert.equal((await first.read()).code, 220);
       first.destroy();
       await closedUnanswered('smtps-rate');
+    },
+  },
+  {
+    listener: 'smtps-require', reason: 'client-certificate',
+    async drive() {
+      const c = await SmtpTestClient.connect(server.port('smtps-require'), { implicitTls: { ca, servername: 'localhost' } });
+      assert.equal((await c.read()).text, '421 4.7.1 No client certificate presented');
+      c.destroy();
+    },
+  },
+  {
+    listener: 'smtps-strict', reason: 'client-certificate',
+    async drive() {
+      const c = await SmtpTestClient.connect(server.port('smtps-strict'), { implicitTls: stranger }).catch(() => null);
+      if (c) await c.waitClosed();
     },
   },
   { listener: 'untrusted', reason: 'untrusted-proxy', drive: () => closedUnanswered('untrusted') },

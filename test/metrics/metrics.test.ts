@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { AggregatorRegistry, Counter, Histogram, Registry } from 'prom-client';
 import { registry } from '../../engine/metrics/metrics.ts';
 import { HotCounter, HotHistogram } from '../../engine/metrics/hot-metrics.ts';
+import { CONNECTION_REFUSALS } from '../../engine/smtp/connection-refusals.ts';
 
 test('every metric has its row in docs/operations.md\'s table, and every metric the page names exists', async () => {
   const doc = await readFile(new URL('../../docs/operations.md', import.meta.url), 'utf8');
@@ -34,6 +35,14 @@ test('docs/operations.md gives each metric its type and labels as the code has t
     const documented = labels!.split(',').map((l) => l.trim()).filter(Boolean);
     assert.deepEqual(documented, [...(metric.labelNames ?? [])], `${name}: documented labels`);
   }
+});
+
+test('docs/operations.md names every reason of postern_smtp_connections_refused_total, and no other', async () => {
+  const doc = await readFile(new URL('../../docs/operations.md', import.meta.url), 'utf8');
+  const row = /^\| `postern_smtp_connections_refused_total` \|.*$/m.exec(doc)![0];
+  // The reasons are the code spans of the row's list, before the note on scripts.
+  const listed = [...row.split('each once:')[1]!.split('; a script')[0]!.matchAll(/(?:^\s*|\), |, )`([a-z-]+)`/g)].map((m) => m[1]!);
+  assert.deepEqual([...listed].sort(), [...CONNECTION_REFUSALS].sort());
 });
 
 test('every metric the other pages name (README.md, docs/*.md, examples/*/README.md) exists, with the labels they give it', async () => {

@@ -1,6 +1,6 @@
 // `postern try` against the examples' own configurations and scripts, as an administrator runs it
 // (node engine/cli/main.ts try …): the reply line a client would get, the exit code (0 accept, 1 reject,
-// 2 defer, 3 script error), the context the script saw, certificates verified in a real handshake with the
+// 2 defer, 3 script error, 4 held), the context the script saw, certificates verified in a real handshake with the
 // listener's CA and CRL (a revoked one shows the revoked verdict), and a session file through every hook.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -222,6 +222,7 @@ async function extraScripts(dir: string): Promise<string> {
   await writeFile(join(scripts, 'data.ts'), `export default function (ctx) {
   const subject = ctx.data.headers.find(([k]) => k.toLowerCase() === 'subject')?.[1] ?? '';
   if (subject.includes('viagra')) return reject('Spam');
+  if (subject.includes('invoice')) return accept({ text: 'Thanks', hold: 'looks like an invoice' });
   return accept({ text: 'Thanks' });
 }\n`);
   await writeFile(join(scripts, 'rcptto.ts'), `export default function (ctx) {
@@ -263,6 +264,23 @@ test('connect, helo, data and a script error, with --scripts: reply lines, logs 
   const failure = callOf(bj, 'mailfrom').failure!;
   assert.equal(failure.file, join(scripts, 'mailfrom.ts'));
   assert.equal(failure.line, 2);
+});
+
+test('data held by its script (accept with hold): outcome hold, exit 4, the hold under the 250; not a plain accept', async () => {
+  const scripts = await extraScripts(laptop.dir);
+  const args = ['try', 'data', '-c', laptop.config, '--scripts', scripts, '--ip', '127.0.0.1', '--helo', 'laptop', '--from', 'a@example.com', '--to', 'b@elsewhere.example', '--header', 'Subject: your invoice'];
+  const held = await cli(args);
+  assert.equal(held.code, 4, held.stdout + held.stderr);
+  assert.match(held.stdout, /^< 250 2\.0\.0 Thanks: queued as \w+\n {2}held: by script \S*data\.ts: looks like an invoice \(not delivered until postern queue release\)$/m);
+  assert.match(held.stdout, /^outcome: hold \(exit 4\)$/m);
+  const j = json(await here('data', { config: laptop.config, scripts, ip: '127.0.0.1', helo: 'laptop', from: 'a@example.com', to: ['b@elsewhere.example'], header: ['Subject: your invoice'], json: true }));
+  assert.deepEqual([j.outcome, j.exitCode, last(j).outcome, (last(j) as { held?: { reason: string } }).held?.reason], ['hold', 4, 'hold', 'looks like an invoice']);
+  // A session file: the held message does not end the session, and a later refusal is still the outcome.
+  const session = join(laptop.dir, 'held-session.txt');
+  await writeFile(session, 'EHLO laptop\nMAIL FROM:<a@example.com>\nRCPT TO:<b@elsewhere.example>\nDATA\nSubject: invoice\n\nx\n.\nMAIL FROM:<a@example.com>\nRCPT TO:<b@elsewhere.example>\nDATA\nSubject: viagra\n\nx\n.\n');
+  const both = json(await here(undefined, { session, config: laptop.config, scripts, ip: '127.0.0.1', json: true }));
+  assert.deepEqual(both.steps.filter((s) => s.step === 'data').map((s) => s.outcome), ['hold', 'reject']);
+  assert.deepEqual([both.outcome, both.exitCode], ['reject', 1]);
 });
 
 test('addresses in the form the listener gives them: a quoted local part unquoted or refused, a bare postmaster rewritten, A-labels kept', async () => {
