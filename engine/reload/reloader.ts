@@ -303,6 +303,15 @@ export class Reloader {
       return this.#fail(t0, errors ?? ['reload failed'], log, reason);
     }
     const { next, setups, warnings } = built;
+    // TLS first, every listener's or none: what OpenSSL refuses fails the reload with the running generation and
+    // contexts in force. After the swap it failed the reload with the new generation in force (and was reported
+    // as reloaded under postern serve). No handshake runs in between: all of it is one turn of the event loop.
+    const tlsFailure = applyTls(this.#target.servers, setups);
+    if (tlsFailure) {
+      await next.dispose();
+      this.#failed = { inputs, digest: readDigest };
+      return this.#fail(t0, [tlsFailure], log, reason);
+    }
     // Swap: new sessions (and new transactions) take the new generation; TLS changes apply to new handshakes.
     this.#target.swap(next);
     for (const [name, setup] of setups) {
@@ -392,9 +401,33 @@ export class Reloader {
   }
 }
 
-/** New handshakes use the new certificate, key, CA and CRL; limits apply to new connections. */
+type TlsOptions = Parameters<PosternServer['updateSecureContext']>[0];
+
+/**
+ * New handshakes use the new certificate, key, CA and CRL: on every listener, or on none (the ones already changed
+ * are given their options back) with what OpenSSL refused, naming the listener. Null when all took theirs.
+ */
+function applyTls(servers: ReadonlyMap<string, PosternServer>, setups: ReadonlyMap<string, ListenerSetup>): string | null {
+  const changed: Array<{ server: PosternServer; before: TlsOptions }> = [];
+  for (const [name, setup] of setups) {
+    const server = servers.get(name);
+    if (!server) continue;
+    const options = setup.options as TlsOptions;
+    const current = server.options as unknown as Record<string, unknown>;
+    const before = Object.fromEntries(Object.keys(options ?? {}).map((key) => [key, current[key]])) as TlsOptions;
+    try {
+      server.updateSecureContext(options); // all or nothing for this listener (PosternServer)
+    } catch (err) {
+      for (const c of changed.reverse()) c.server.updateSecureContext(c.before);
+      return `listener ${name}: OpenSSL refused its TLS settings, which stay as they were: ${(err as Error).message}`;
+    }
+    changed.push({ server, before });
+  }
+  return null;
+}
+
+/** The rest of a listener's setup, which cannot fail: limits apply to new connections. */
 function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
-  server.updateSecureContext(setup.options as Parameters<PosternServer['updateSecureContext']>[0]);
   server.trust = setup.trust;
   server.greetingDelayMs = setup.greetingDelayMs;
   server.maxConnectionsPerIp = setup.maxConnectionsPerIp;

@@ -402,6 +402,25 @@ export class PosternServer extends SMTPServer {
     cb(null);
   }
 
+  /**
+   * smtp-server's, all or nothing: it merges `options` into the listener's options and makes a new context map one
+   * context at a time, so an option OpenSSL refused midway (an SNI name's key, say) left the merged options and a map
+   * without the default context, and every later handshake failed. Throws what OpenSSL refused, the listener as it was.
+   */
+  override updateSecureContext(options: Parameters<SMTPServer['updateSecureContext']>[0]): void {
+    const before = { ...this.options };
+    const contexts = this.secureContext;
+    try {
+      super.updateSecureContext(options);
+    } catch (err) {
+      const merged = this.options as unknown as Record<string, unknown>;
+      for (const key of Object.keys(merged)) if (!(key in before)) delete merged[key];
+      Object.assign(merged, before);
+      this.secureContext = contexts;
+      throw err;
+    }
+  }
+
   /** The listener's context when a handshake last looked, and when it was found replaced. */
   #seenContext: unknown = this.secureContext.get('*');
   #contextReplacedAt = -Infinity;
