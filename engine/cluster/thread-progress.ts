@@ -10,6 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { envKnob } from '../config/env-knob.ts';
+import { waitsOnFile } from './file-wait.ts';
 
 /**
  * How long a main thread may keep the timers back while its I/O moves on, or while it waits for a CPU (silence-clock.ts),
@@ -20,19 +21,24 @@ import { envKnob } from '../config/env-knob.ts';
 export const BUSY_WITHOUT_TIMERS_MS = envKnob('POSTERN_SILENCE_BOUND_MS', 30_000);
 
 export class ThreadProgress {
+  readonly #pid: number;
   readonly #path: string;
   #last: string | null = null;
 
   constructor(pid: number) {
+    this.#pid = pid;
     this.#path = `/proc/${pid}/task/${pid}/io`;
   }
 
-  /** Whether the thread made read or write calls since the last look (false on the first look, or without /proc). */
+  /**
+   * Whether the thread made read or write calls since the last look (false on the first look, or without /proc), or is
+   * waiting inside one on a file now (file-wait.ts: a disk slow to answer).
+   */
   moved(): boolean {
     const now = this.#calls();
     const moved = now !== null && this.#last !== null && now !== this.#last;
     this.#last = now;
-    return moved;
+    return moved || waitsOnFile(this.#pid);
   }
 
   /** Start over: the next look only takes a reading. */

@@ -10,6 +10,7 @@ import { TLSSocket } from 'node:tls';
 import type { ConnectionSecurity } from './outbound-tls.ts';
 import { ReplyDeadline } from './reply-deadline.ts';
 import { messagePieces } from './message-pieces.ts';
+import { isMarkedMalformed, markMalformedReplies } from './malformed-replies.ts';
 
 // nodemailer's CommonJS build, not its ES modules: those import node:http (its fetch helper), and an ES import of
 // node:http reads every export of it, one of which loads Node's own fetch (undici): ~20 ms of CPU at every start of
@@ -44,6 +45,8 @@ function ehloTemporaryFailureIsFinal(conn: SMTPConnection): void {
   const internals = conn as unknown as { _actionEHLO(str: string): void; _onError(err: Error, code: string, response: string, command: string): void };
   const actionEhlo = internals._actionEHLO.bind(conn);
   internals._actionEHLO = (str) => {
+    // Nor for a malformed reply (malformed-replies.ts), which is no refusal either.
+    if (isMarkedMalformed(str)) return internals._onError(new Error('Malformed reply to EHLO'), 'ECONNECTION', str, 'EHLO');
     if (!/^4/.test(str)) return actionEhlo(str);
     internals._onError(new Error('EHLO refused temporarily. response=' + str), 'ECONNECTION', str, 'EHLO');
   };
@@ -341,6 +344,7 @@ export class ConnectionPool {
     });
     deadline.attach(conn);
     ehloTemporaryFailureIsFinal(conn);
+    markMalformedReplies(conn);
     // On implicit TLS, once the next hop took part in the handshake (completed it, or answered it with an alert), a
     // failure is TLS's or the next hop's verdict on our certificate (a close right after the handshake), as after
     // STARTTLS: not an unreachable host. A host that accepts the connection and says nothing stays unreachable.

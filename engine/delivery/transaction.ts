@@ -19,6 +19,7 @@ import { signatureFields, type DkimKeys } from './dkim.ts';
 import { DestinationSuspensions } from './suspensions.ts';
 import { wireEnvelope } from './wire-envelope.ts';
 import { passDsnOn, type TransactionDsn } from './dsn-params.ts';
+import { malformedReply } from './malformed-replies.ts';
 import { declareUtf8OnMailFrom } from './mail-from-utf8.ts';
 
 /** Connection attempts per transaction (Postfix smtp_mx_address_limit). */
@@ -455,7 +456,8 @@ async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transacti
     const info = await pc.send(envelope, tx.message, tx.prefix);
     if (info.accepted.length && !isVerdict(info.response)) {
       // nodemailer takes any reply starting with "2" for success; one that is no reply code ("2xx", "25")
-      // says nothing: retried, and it may then arrive twice.
+      // says nothing: retried, and it may then arrive twice. (markMalformedReplies hands such a reply on without
+      // its "2" already: this stays for any other way one might get here.)
       env.pool.release(pc, false);
       return mayHaveIt(pc, tx, `${remote}: malformed reply to the end of the message (${oneLine(info.response)})`);
     }
@@ -499,7 +501,7 @@ async function sendWire(env: TransactionEnv, pc: PooledConnection, tx: Transacti
       // reply code, as "354" or garbage): the next hop may have taken it.
       env.pool.release(pc, false);
       return mayHaveIt(pc, tx, e.response
-        ? `${remote}: malformed reply to the end of the message (${oneLine(e.response)})`
+        ? `${remote}: malformed reply to the end of the message (${oneLine(malformedReply(e.response) ?? e.response)})`
         : `${remote}: lost connection after the end of the message, before its reply (${e.message})`);
     }
     // A refusal read while the message was still going out (sent before its end): an RSET now went onto the socket
@@ -534,7 +536,8 @@ function outcomesForError(to: string[], e: NodemailerError, pendingRejected: Nod
     const refused = new Map(pendingRejected.filter((re) => re.recipient && re.response).map((re) => [re.recipient!, outcomeForReply(re.recipient!, re.response!, remote)]));
     return to.map((r) => refused.get(r) ?? outcomeForFailure(r, f));
   }
-  if (e.responseCode && e.response && e.responseCode >= 400) {
+  // Every recipient refused: each keeps its own reply, also when the last one had no code to give the error (malformed-replies.ts).
+  if (e.response && ((e.responseCode && e.responseCode >= 400) || (e.code === 'EENVELOPE' && e.command === 'RCPT TO'))) {
     const byRecipient = new Map<string, RecipientOutcome>();
     // A refused MAIL FROM is the answer for everyone (pipelined RCPTs then only got 503 "need MAIL").
     if (e.command !== 'MAIL FROM') {
@@ -568,8 +571,9 @@ function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote
     return new DeliveryFailure(`${remote}: refused${at}: ${response}`, { permanent: false, enhanced: code ? `4.${code[2]}` : '4.4.1', remoteMta: remote });
   }
   // The next hop's words, whether a reply or in nodemailer's message: one bounded line, no control characters.
-  const reply = e.response && e.responseCode ? ` (${oneLine(e.response)})` : '';
-  const base = oneLine(withoutOpensslFrame((e.message || String(e)).replace(/: \d{3}[ -].*$/s, '')));
+  const malformed = malformedReply(e.response);
+  const reply = e.response && e.responseCode ? ` (${oneLine(e.response)})` : malformed ? ` (${oneLine(malformed)})` : '';
+  const base = oneLine(withoutOpensslFrame((e.message || String(e)).replace(/: \d{3}[ -].*$/s, '').replace(/: malformed reply \(.*$/s, '')));
   const tls = e.command === 'STARTTLS' || e.code === 'ETLS' || !!e.tlsStarted;
   const enhanced = tls ? '4.7.5' : e.code === 'ETIMEDOUT' ? '4.4.2' : '4.4.1';
   const what = tls ? 'TLS failed' : e.command && e.command !== 'CONN' && e.command !== 'API' ? `${e.command} failed` : 'connection failed';

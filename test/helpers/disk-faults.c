@@ -40,7 +40,7 @@
  * server together (a counter in <folder>/counter, shared memory), and logged to <folder>/trace
  * ("<n> <pid> <call> <path>"). <folder>/at holds "<n> <action> [<call> <path end>]": the n-th counted call (of
  * those named so, when it names them: `*` for any call) is taken, and the file removed: `kill` kills the process (SIGKILL) before the call, `after` once the call is made, `eio` fails it with
- * EIO, `slow-eio` too after 1.5 s (a failing disk's retries), `none` only counts.
+ * EIO, `slow-eio` too after 1.5 s waited inside a file-system call (a failing disk's retries), `none` only counts.
  * Built by test/helpers/disk-faults.ts.
  */
 #define _GNU_SOURCE
@@ -53,6 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -165,6 +166,32 @@ static void walk_init(void) {
 
 enum walk_action { WALK_GO, WALK_EIO, WALK_AFTER };
 
+struct fifo_reader { const char *path; unsigned ms; int fd; };
+
+static void *open_fifo_later(void *arg) {
+  struct fifo_reader *r = arg;
+  usleep(r->ms * 1000);
+  r->fd = syscall(SYS_openat, AT_FDCWD, r->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  return NULL;
+}
+
+/* Wait `ms` inside a file-system call, as a thread does on a disk slow to answer (not in a sleep of its own, which the
+   hang checks would tell apart): an open of a FIFO for writing, which the kernel holds until a reader opens it, and a
+   thread of ours does `ms` later. */
+static void wait_in_kernel(unsigned ms) {
+  char fifo[PATH_MAX];
+  snprintf(fifo, sizeof fifo, "%s/slow.%d.%ld.fifo", walk_dir, getpid(), (long)syscall(SYS_gettid));
+  if (mkfifo(fifo, 0600) != 0) { usleep(ms * 1000); return; }
+  struct fifo_reader r = { fifo, ms, -1 };
+  pthread_t t;
+  if (pthread_create(&t, NULL, open_fifo_later, &r) != 0) { syscall(SYS_unlinkat, AT_FDCWD, fifo, 0); usleep(ms * 1000); return; }
+  int fd = syscall(SYS_openat, AT_FDCWD, fifo, O_WRONLY | O_CLOEXEC);
+  pthread_join(t, NULL);
+  if (fd >= 0) syscall(SYS_close, fd);
+  if (r.fd >= 0) syscall(SYS_close, r.fd);
+  syscall(SYS_unlinkat, AT_FDCWD, fifo, 0);
+}
+
 /* Count a call on `path` (or the file open at `fd`); what to do with it. A kill before the call happens here. */
 static enum walk_action walk_point(const char *call, int fd, const char *path) {
   pthread_once(&walk_once, walk_init);
@@ -207,7 +234,7 @@ static enum walk_action walk_point(const char *call, int fd, const char *path) {
   if (hit_fd >= 0) { syscall(SYS_write, hit_fd, line, len); syscall(SYS_close, hit_fd); }
   if (strcmp(action, "kill") == 0) kill(getpid(), SIGKILL);
   if (strcmp(action, "eio") == 0) return WALK_EIO;
-  if (strcmp(action, "slow-eio") == 0) { usleep(1500 * 1000); return WALK_EIO; }
+  if (strcmp(action, "slow-eio") == 0) { wait_in_kernel(1500); return WALK_EIO; }
   if (strcmp(action, "after") == 0) return WALK_AFTER;
   return WALK_GO;
 }
