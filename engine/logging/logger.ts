@@ -9,6 +9,7 @@ import { createRequire } from 'node:module';
 import type PinoPretty from 'pino-pretty';
 import { turnBufferedStdout } from './turn-buffered-stdout.ts';
 import { wholeLines } from './whole-lines.ts';
+import { DRAWS_NOTHING } from '../text/draws-nothing.ts';
 
 export type { Logger } from 'pino';
 
@@ -30,9 +31,10 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream,
  * characters, then "...". Logged at each failure, a name the size of a command line (12 KB; 64 KiB in a form)
  * made every failed attempt that much log. And what a reader's terminal would act on or show as something else
  * is written as `\u{…}`: JSON escapes C0 controls, not C1 ones (U+009B is a terminal's CSI), bidi overrides
- * (`\u202E` shows "evil" as "live"), zero-width characters or line separators.
+ * (`\u202E` shows "evil" as "live"), zero-width characters or line separators, nor the other characters that
+ * draw nothing (DRAWS_NOTHING: a HELO name `c\u3164eo.example` read as ceo.example).
  */
-const UNSHOWABLE = /[\p{Cc}\p{Cf}\p{Cs}\u2028\u2029]/gu;
+const UNSHOWABLE = new RegExp(String.raw`[\p{Cc}\p{Cf}\p{Cs}\u2028\u2029]|` + DRAWS_NOTHING, 'gu');
 export function clientText(value: string, max = 256): string {
   const cut = value.length <= max ? value : `${value.slice(0, max)}...`;
   return cut.replace(UNSHOWABLE, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
@@ -44,7 +46,7 @@ export function clientText(value: string, max = 256): string {
  * `\u{…}`, as clientText() does, not cut (log() has its own limit); C0 controls are left to JSON's own
  * escapes (`\n`). The line is scanned once, and replaced only when it has such a character.
  */
-const UNSHOWABLE_IN_JSON = /[\u0080-\u009f\p{Cf}\p{Cs}\u2028\u2029]/u;
+const UNSHOWABLE_IN_JSON = new RegExp(String.raw`[\u0080-\u009f\p{Cf}\p{Cs}\u2028\u2029]|` + DRAWS_NOTHING, 'u');
 const UNSHOWABLE_IN_JSON_ALL = new RegExp(UNSHOWABLE_IN_JSON.source, 'gu');
 export function scriptText(value: string): string {
   return UNSHOWABLE_IN_JSON.test(value) ? value.replace(UNSHOWABLE_IN_JSON_ALL, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`) : value;
@@ -70,7 +72,7 @@ export function scriptTextWithin(value: string, max: number): string {
   return `${text.slice(0, lo)}… (${text.length - lo} more characters)`;
 }
 
-const ESCAPED_IN_JSON_LINE = /[\u0000-\u001f"\\\u0080-\u009f\p{Cf}\p{Cs}\u2028\u2029]/u;
+const ESCAPED_IN_JSON_LINE = new RegExp(String.raw`[\u0000-\u001f"\\\u0080-\u009f\p{Cf}\p{Cs}\u2028\u2029]|` + DRAWS_NOTHING, 'u');
 /**
  * How many characters scriptText(value) takes in a JSON log line: C0 controls, `"` and `\` are escaped by JSON, and
  * scriptText's `\u{…}` has its backslash escaped again, so one character a script logged can be nine in the log.

@@ -8,6 +8,7 @@ import type { ListenerConfig } from '../config/schema.ts';
 import type { LookupTable } from './lookup-tables.ts';
 import { asciiSafeLowerCase, parseSenderList, senderKey } from './sender-logins.ts';
 import { domainKey, envelopeDomain } from './domain-key.ts';
+import { DRAWS_NOTHING } from '../text/draws-nothing.ts';
 import { emailPermitted, strongEnoughKey, type EmailConstraints } from '../certificates/index.ts';
 
 export interface CertificateIdentity {
@@ -113,9 +114,9 @@ const MAX_ACCOUNT_LENGTH = 254;
 /**
  * Characters no account name holds: controls (NUL among them: "alice\0.evil"), format characters (bidi
  * overrides, zero-width joiners), spaces and line separators of every kind, lone surrogates, private use,
- * unassigned code points.
+ * unassigned code points, and the other characters that draw nothing (DRAWS_NOTHING: "c\u3164eo" is not ceo).
  */
-const NOT_IN_AN_ACCOUNT = /[\p{Cc}\p{Cf}\p{Z}\p{Cs}\p{Co}\p{Cn}]/u;
+const NOT_IN_AN_ACCOUNT = new RegExp(String.raw`[\p{Cc}\p{Cf}\p{Z}\p{Cs}\p{Co}\p{Cn}]|` + DRAWS_NOTHING, 'u');
 
 /**
  * A certificate field's value as an account name (lowercased, as every identity), or null when it cannot

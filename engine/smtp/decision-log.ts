@@ -5,7 +5,7 @@
  * reply, reason — and the script's file when a script decided —, certificate, identity, user). Info level:
  * a refusal is the server working, not failing.
  */
-import type { Logger } from '../logging/logger.ts';
+import { clientText, type Logger } from '../logging/logger.ts';
 import { boundedName } from '../certificates/describe.ts'; // not the index: it loads the X.509 library
 import type { ConnectionState } from './connection-state.ts';
 import { REPLIES } from './replies.ts';
@@ -76,12 +76,14 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   const address = stage === 'RCPT' ? (typeof facts.to === 'string' ? to : undefined) : stage === 'MAIL' ? facts.from : undefined;
   // Postfix names the address the reply is about, unless the reply text already starts with it.
   const subject = address !== undefined && !reply.text.startsWith('<') ? ` <${address}>:` : '';
+  // The HELO name as the client wrote it (smtp-server refuses only controls in it): shown as clientText() shows it.
+  const helo = st.heloName ? clientText(st.heloName) : st.heloName;
   const parts = [
     facts.from !== undefined ? `from=<${facts.from}>` : null,
     to !== undefined ? `to=<${to}>` : null,
     nrcpt !== undefined ? `nrcpt=${nrcpt}` : null,
     `proto=${st.heloCommand === 'EHLO' ? 'ESMTP' : 'SMTP'}`,
-    st.heloName ? `helo=<${st.heloName}>` : null,
+    helo ? `helo=<${helo}>` : null,
     facts.overLimit !== undefined ? `over_limit=${facts.overLimit}` : null,
   ].filter(Boolean).join(' ');
   const verb = reply.responseCode >= 500 ? 'reject' : 'defer';
@@ -89,7 +91,7 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
     cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: name,
     listener: st.listener.name, sent: unsent === null ? undefined : false, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
     script: scriptFileOf(st, reply.reason),
-    from: facts.from, to, nrcpt, helo: st.heloName, overLimit: facts.overLimit, user: st.user, identity: st.identity.identity,
+    from: facts.from, to, nrcpt, helo, overLimit: facts.overLimit, user: st.user, identity: st.identity.identity,
     certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: boundedName(st.certificate.subject.dn), verified: st.certificate.verified } : null,
   }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}${unsent === null ? '' : ` (not sent: ${unsent})`}`);
 }

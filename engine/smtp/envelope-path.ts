@@ -19,6 +19,7 @@ import type { SMTPServerAddress } from 'smtp-server';
 import type { Config } from '../config/schema.ts';
 import { envelopeDomain } from '../policy/domain-key.ts';
 import { rewriteBarePostmaster } from '../policy/postmaster.ts';
+import { DRAWS_NOTHING } from '../text/draws-nothing.ts';
 import { reply } from './replies.ts';
 import type { SmtpReply } from './reply.ts';
 
@@ -29,12 +30,11 @@ import type { SmtpReply } from './reply.ts';
  * string compare (a script, a table, a binding) sees another address, and `<U+202E>` turns what follows around.
  * ZWNJ and ZWJ stay: Persian, Indic scripts and emoji sequences need them (IDNA2008 allows them in context).
  *
- * And every other default-ignorable code point (PRECIS disallows them all, RFC 8264 §9.13): letters and marks that
- * draw nothing, as the Hangul fillers (`c<U+3164>eo@x`), the combining grapheme joiner, Khmer's inherent vowels and
- * the variation selectors, which made the same invisible second address as a soft hyphen. A variation selector stays
- * where it selects an emoji's presentation (after a pictograph, or a keycap's before U+20E3).
+ * And every other default-ignorable code point (DRAWS_NOTHING): the Hangul fillers (`c<U+3164>eo@x`), the combining
+ * grapheme joiner, Khmer's inherent vowels and the variation selectors made the same invisible second address as a
+ * soft hyphen.
  */
-const NOT_IN_AN_ADDRESS = /[\p{Cc}\p{Cs}\p{Co}\p{Cn}]|(?![\u200c\u200d])\p{Cf}|(?![\u200c\u200d\ufe0e\ufe0f])\p{Default_Ignorable_Code_Point}|(?<!\p{Extended_Pictographic})[\ufe0e\ufe0f](?!\u20e3)/u;
+const NOT_IN_AN_ADDRESS = new RegExp(String.raw`[\p{Cc}\p{Cs}\p{Co}\p{Cn}]|(?![\u200c\u200d])\p{Cf}|` + DRAWS_NOTHING, 'u');
 
 /**
  * `command` (MAIL or RCPT) ready for smtp-server's parser: refused when its local part holds a character no address
