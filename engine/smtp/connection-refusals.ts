@@ -6,8 +6,8 @@
  * an idle client's timeout.
  */
 import { metrics } from '../metrics/metrics.ts';
-import { REPLIES } from './replies.ts';
-import { GREETING_PAUSE_REASON } from './decision-log.ts';
+import { REPLIES, reply } from './replies.ts';
+import { GREETING_HELD_BY } from './smtp-server-replies.ts';
 
 /** The reason label's values (docs/operations.md's row lists each: test/metrics/metrics.test.ts). */
 export const CONNECTION_REFUSALS = ['max-connections', 'per-ip-limit', 'connection-rate', 'store-unavailable', 'auth-failures',
@@ -21,7 +21,7 @@ const BY_REASON: ReadonlyMap<string, ConnectionRefusal> = new Map([
   [REPLIES.connectionRateStoreUnavailable.reason, 'store-unavailable'],
   [REPLIES.connectionLimitStoreUnavailable.reason, 'store-unavailable'],
   [REPLIES.tooManyAuthFailures.reason, 'auth-failures'],
-  [GREETING_PAUSE_REASON, 'greeting-pause'],
+  ...Object.values(GREETING_HELD_BY).map((heldBy) => [reply('talkedTooSoon', { hostname: '', heldBy }).reason!, 'greeting-pause'] as const),
   // On an implicit-TLS listener the handshake comes before the greeting: a certificate refused there is refused at connect.
   [REPLIES.certificateRequiredMissing.reason, 'client-certificate'],
   [REPLIES.certificateRequiredNotTrusted.reason, 'client-certificate'],

@@ -96,9 +96,6 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}${unsent === null ? '' : ` (not sent: ${unsent})`}`);
 }
 
-/** smtp-server's 421 to a client that talked before the greeting. */
-export const GREETING_PAUSE_REASON = 'limits.greetingDelayMs: the client talked before the greeting';
-
 /** smtp-server's refusals of a MAIL or RCPT parameter's value (SIZE, BODY, SMTPUTF8, RET, ENVID, NOTIFY, ORCPT, duplicates). */
 const MAIL_RCPT_PARAMETER_ERROR = /^(Error: duplicate \S+ parameter|Error: \S+ parameter requires a value|Error: Bad message size syntax|Invalid (BODY|SMTPUTF8|RET) parameter|Error: NOTIFY|Error: Bad ORCPT parameter syntax)/;
 
@@ -107,17 +104,12 @@ export function smtpServerReason(code: number, text: string, context: string | f
   if (context === 'TOO_MANY_RECIPIENTS') return 'limits.maxRecipients';
   if (context === 'MESSAGE_TOO_BIG') return 'limits.maxMessageSize';
   if (code === REPLIES.authRequired.code && text === REPLIES.authRequired.text) return REPLIES.authRequired.reason;
-  if (code === 421 && text === REPLIES.shuttingDown.text) return REPLIES.shuttingDown.reason;
   if (code === 421 && text.startsWith('Timeout')) return 'limits.socketTimeoutMs';
   if (code === 421 && text.endsWith('Command line too long')) return "a command line over smtp-server's length limit (closed)";
-  if (code === 421 && text.endsWith('You talk too soon')) return GREETING_PAUSE_REASON;
   // smtp-server's own fixed limits and checks, which no Postern setting moves: named, so nobody looks for one.
   if (code === 421 && text === 'Error: too many unauthenticated commands') return "auth.required: 10 commands before AUTH (smtp-server's fixed limit)";
   // Values smtp-server checks of the MAIL and RCPT parameters offered (its texts name the parameter, some the value).
   if (code === 501 && MAIL_RCPT_PARAMETER_ERROR.test(text)) return 'a MAIL or RCPT parameter given twice, without its value or with one its extension does not allow (RFC 1870, 1652, 6531, 3461)';
-  // HELO/EHLO refusals carry no enhanced code (RFC 2034 §3), so they are not catalogue entries: named here.
-  if (code === 501 && /^Error: [Ss]yntax: (HELO|EHLO) hostname$/.test(text)) return 'HELO/EHLO without exactly one argument (RFC 5321 §4.1.1.1)';
-  if (code === 501 && text === 'Error: Bad hostname syntax') return 'HELO/EHLO with a name that is neither a domain nor an address literal (RFC 5321 §4.1.1.1)';
   if (code === 421 && text === 'HTTP requests not allowed') return 'an HTTP request line (a web page or scanner talking HTTP to the SMTP port): closed';
   return 'SMTP protocol rule (smtp-server)';
 }

@@ -18,7 +18,7 @@ import { reply } from './replies.ts';
 import { parseExternalResponse } from './sasl-external.ts';
 import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
-import { catalogueReplyFor } from './smtp-server-replies.ts';
+import { catalogueReplyFor, refusalContext, type GreetingWait } from './smtp-server-replies.ts';
 import { useMessageStream } from './message-stream.ts';
 import { continueInOrder } from './parser-continue.ts';
 import { PipelinedInput } from './pipelined-input.ts';
@@ -421,10 +421,17 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     this.#answer('CONNECT', reply('tooManyClients', { hostname: this.name }));
   }
 
+  /** What the greeting waits for now: a client that talks first is told so, and its line names it (smtp-server-replies.ts). */
+  #greetingWait: GreetingWait = 'checks';
+
   #greet(): void {
     const delay = this.#server.greetingDelayMs;
-    if (delay > 0) setTimeout(() => this.connectionReady(), delay).unref();
-    else this.connectionReady();
+    if (delay <= 0) return this.connectionReady();
+    this.#greetingWait = 'delay';
+    setTimeout(() => {
+      this.#greetingWait = 'checks'; // the reverse lookup and the connect checks, next
+      this.connectionReady();
+    }, delay).unref();
   }
 
   /**
@@ -511,8 +518,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // Only the EHLO reply has several lines.
     if (code === 250 && Array.isArray(data)) data = this.#ehloLines(data);
     // smtp-server's own refusals the catalogue names go out as the catalogue has them, logged with its reason.
-    const named = code >= 400 ? catalogueReplyFor(code, data) : null;
+    const named = code >= 400 ? catalogueReplyFor(code, data, this.name, this.#greetingWait) : null;
     if (named !== null) data = named.message;
+    context = refusalContext(code, context);
     const ownCode = typeof data === 'string' ? ENHANCED_CODE_PREFIX.test(data)
       : Array.isArray(data) && data.length > 0 && ENHANCED_CODE_PREFIX.test(data[0]!);
     // A reply that reaches nobody (smtp-server's 450 for a message cut off by the close, its timeout after the

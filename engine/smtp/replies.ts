@@ -31,6 +31,9 @@ export const REPLIES = {
   certificateNotTrustedStrict: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted', reason: 'tls.strict: untrusted client certificate' },
   certificateRequiredNotTrusted: { code: 421, enhanced: '4.7.1', text: 'Client certificate not trusted ({verifyError})', reason: 'tls.clientCertificates: require' },
   certificateRequiredMissing: { code: 421, enhanced: '4.7.1', text: 'No client certificate presented', reason: 'tls.clientCertificates: require' },
+  // A client that talks before the greeting (RFC 5321 §3.1: the server speaks first), in smtp-server's words
+  // (smtp-server-replies.ts); {heldBy}: what held the greeting back when it talked.
+  talkedTooSoon: { code: 421, enhanced: '4.5.0', text: '{hostname} You talk too soon', reason: '{heldBy}: the client talked before the greeting' },
 
   // Any command.
   badUtf8: { code: 500, enhanced: '5.5.2', text: 'Error: bad UTF-8 syntax', reason: 'a command that is not UTF-8' },
@@ -45,6 +48,11 @@ export const REPLIES = {
   nestedMail: { code: 503, enhanced: '5.5.1', text: 'Error: nested MAIL command', reason: 'MAIL within a transaction (RFC 5321 §4.1.4)' },
   senderSyntax: { code: 501, enhanced: '5.1.7', text: 'Error: Bad sender address syntax', reason: 'MAIL FROM: a path that does not parse (RFC 5321 §4.1.2)' },
   recipientSyntax: { code: 501, enhanced: '5.1.3', text: 'Error: Bad recipient address syntax', reason: 'RCPT TO: a path that does not parse (RFC 5321 §4.1.2)' },
+  // HELO and EHLO refusals carry an enhanced code too, as Postfix's: RFC 2034 §3 does not require one in a reply to
+  // HELO or EHLO, and smtp-server left it out.
+  heloSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: Syntax: HELO hostname', reason: 'HELO/EHLO without exactly one argument (RFC 5321 §4.1.1.1)' },
+  ehloSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: EHLO hostname', reason: 'HELO/EHLO without exactly one argument (RFC 5321 §4.1.1.1)' },
+  heloNameSyntax: { code: 501, enhanced: '5.5.2', text: 'Error: Bad hostname syntax', reason: 'HELO/EHLO with a name holding a control character, or over 300 characters (RFC 5321 §4.1.1.1)' },
   starttlsSyntax: { code: 501, enhanced: '5.5.4', text: 'Error: syntax: STARTTLS', reason: 'STARTTLS with an argument (RFC 3207 §4)' },
   tlsAlreadyActive: { code: 503, enhanced: '5.5.1', text: 'Error: TLS already active', reason: 'STARTTLS within TLS (RFC 3207 §4.2)' },
   vrfySyntax: { code: 501, enhanced: '5.5.4', text: 'Error: Syntax: VRFY address', reason: 'VRFY without an argument (RFC 5321 §4.1.1.6)' },

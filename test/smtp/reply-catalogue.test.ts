@@ -208,3 +208,81 @@ test('every whole reply line the other pages show (docs/*.md, README.md, example
   assert.ok(checked > 20, `${checked} reply lines checked`);
   assert.deepEqual(unknown, [], 'reply lines no code sends');
 });
+
+/** The top-level arguments of a call, from the text after its `(` (quotes, parentheses and brackets kept whole). */
+function callArguments(source: string, from: number): string[] {
+  const args: string[] = [];
+  let depth = 0;
+  let quote: string | null = null;
+  let start = from;
+  for (let i = from; i < source.length; i++) {
+    const c = source[i]!;
+    if (quote !== null) {
+      if (c === '\\') i++;
+      else if (c === quote) quote = null;
+    } else if (c === '\'' || c === '"' || c === '`') quote = c;
+    else if (c === '(' || c === '[' || c === '{') depth++;
+    else if (c === ',' && depth === 0) { args.push(source.slice(start, i).trim()); start = i + 1; }
+    else if (c === ')' || c === ']' || c === '}') {
+      if (depth-- === 0) { args.push(source.slice(start, i).trim()); return args; }
+    }
+  }
+  throw new Error(`unclosed call at ${from}`);
+}
+
+test('every refusal smtp-server (or Postern through it) writes goes out with an enhanced status code (ENHANCEDSTATUSCODES is offered)', async () => {
+  // Each this.send(<4xx or 5xx>, text, context) of smtp-server's and of PosternConnection: its text evaluated where it
+  // can be (the listener's name, the options), its context as written; a reply to a command named at run time taken as
+  // one to EHLO, whose replies smtp-server writes without a code. Only the greeting and EHLO's 250 lines have none
+  // (RFC 2034 §3); a code given at run time (a handler's error) is an SmtpReply's, whose text starts with its own.
+  const { SMTPConnection } = await import('smtp-server/lib/smtp-connection.js');
+  const { catalogueReplyFor, refusalContext } = await import('../../engine/smtp/smtp-server-replies.ts');
+  const { ENHANCED_CODE_PREFIX } = await import('../../engine/smtp/reply.ts');
+  const smtpServerDir = dirname(createRequire(import.meta.url).resolve('smtp-server'));
+  const sources = [join(smtpServerDir, 'smtp-connection.js'), join(smtpServerDir, 'sasl.js'), new URL('../../engine/smtp/postern-connection.ts', import.meta.url).pathname];
+  const connection = { name: 'mx.test', _server: { options: { lmtp: false, size: 1000, hideENHANCEDSTATUSCODES: false } } };
+  const enhancedFor = (code: number, context: string | false | undefined): string =>
+    (SMTPConnection.prototype as unknown as { _getEnhancedStatusCode(this: unknown, c: number, x: unknown): string })._getEnhancedStatusCode.call(
+      { ...connection, _useEnhancedStatusCodes: () => true }, code, context);
+  let checked = 0;
+  const without: string[] = [];
+  for (const file of sources) {
+    const source = readFileSync(file, 'utf8');
+    for (const m of source.matchAll(/this\.send\(([45]\d\d),/g)) {
+      const code = Number(m[1]);
+      const [, textArg, contextArg] = callArguments(source, m.index + 'this.send('.length);
+      const evaluate = (expression: string): unknown => new Function('commandName', 'err', 'error', `return (${expression});`).call(connection, 'EHLO', { message: 'x' }, 'Error: x');
+      let text: unknown;
+      try { text = textArg === undefined ? undefined : evaluate(textArg); } catch { text = undefined; } // built at run time
+      const context = contextArg === undefined ? undefined : evaluate(contextArg) as string | false;
+      checked++;
+      for (const wait of ['delay', 'checks'] as const) {
+        if (catalogueReplyFor(code, typeof text === 'string' ? text : null, 'mx.test', wait) !== null) continue;
+        if (typeof text === 'string' && ENHANCED_CODE_PREFIX.test(text)) continue;
+        if (enhancedFor(code, refusalContext(code, context)) === '') without.push(`${file.split('/').pop()}: ${m[0]} ${textArg}, ${contextArg}`);
+      }
+    }
+  }
+  assert.ok(checked > 50, `${checked} refusals checked`);
+  assert.deepEqual([...new Set(without)], [], 'refusals without an enhanced status code');
+});
+
+test('HELO and EHLO refusals carry an enhanced status code, as Postfix\'s; their 250 replies do not', async () => {
+  const s = await startTestServer({
+    config: 'hostname: mx.test\nlisteners:\n  - { name: mx, listen: "127.0.0.1:0", reverseDns: false, tls: { mode: none }, limits: { greetingDelayMs: 0 } }\n',
+  });
+  try {
+    const c = await SmtpTestClient.connect(s.port('mx'));
+    assert.equal((await c.read()).text.startsWith('220 mx.test'), true);
+    assert.equal((await c.command('EHLO bad\u0001name.example')).text, '501 5.5.2 Error: Bad hostname syntax');
+    assert.equal((await c.command('HELO bad\u0001name.example')).text, '501 5.5.2 Error: Bad hostname syntax');
+    assert.equal((await c.command('EHLO')).text, '501 5.5.4 Error: syntax: EHLO hostname');
+    assert.equal((await c.command('HELO a b')).text, '501 5.5.4 Error: Syntax: HELO hostname');
+    assert.match((await c.command('HELO client.example')).text, /^250 mx\.test /);
+    assert.match((await c.command('EHLO client.example')).text, /^250-mx\.test /);
+    await c.quit();
+    const lines = s.logs.filter((l) => l.decision === 'reject');
+    assert.deepEqual(lines.map((l) => [l.stage, l.code, l.enhanced]), [['EHLO', 501, '5.5.2'], ['HELO', 501, '5.5.2'], ['EHLO', 501, '5.5.4'], ['HELO', 501, '5.5.4']]);
+    assert.match(String(lines[0]!.reason), /control character/);
+  } finally { await s.stop(); }
+});
