@@ -19,6 +19,7 @@ import { parseExternalResponse } from './sasl-external.ts';
 import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { catalogueReplyFor, refusalContext, type GreetingWait } from './smtp-server-replies.ts';
+import { parameterControlRefusal } from './parameter-controls.ts';
 import { useMessageStream } from './message-stream.ts';
 import { continueInOrder } from './parser-continue.ts';
 import { PipelinedInput } from './pipelined-input.ts';
@@ -857,12 +858,16 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override handler_MAIL(command: Buffer, callback: Callback): void {
     const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('MAIL', path, callback);
+    const badParameter = parameterControlRefusal(path);
+    if (badParameter) return this.#answerPath('MAIL', badParameter, callback);
     super.handler_MAIL(path, callback);
   }
 
   override handler_RCPT(command: Buffer, callback: Callback): void {
     const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('RCPT', path, callback);
+    const badParameter = parameterControlRefusal(path);
+    if (badParameter) return this.#answerPath('RCPT', badParameter, callback);
     const maxRecipients = this.state.listener.limits.maxRecipients;
     // smtp-server counts distinct recipients only (one named again replaces the first, never over the limit): past
     // maxRecipients accepted RCPTs in the transaction, repeated ones too, its own 452, as for a recipient over it.

@@ -83,6 +83,7 @@ export const REPLIES = {
   // MAIL FROM and RCPT TO.
   parameterUnsupported: { code: 555, enhanced: '5.5.4', text: 'Unsupported option: {parameter}', reason: 'a MAIL or RCPT parameter of an extension not offered (RFC 5321 §4.1.1.11)' },
   parameterTooLong: { code: 501, enhanced: '5.5.4', text: 'Error: {parameter} parameter exceeds {n} characters', reason: 'a MAIL or RCPT parameter longer than its extension allows (RFC 3461 §4.2, §4.4; RFC 4954 §5)' },
+  parameterSyntax: { code: 501, enhanced: '5.5.4', text: 'Bad {parameter} parameter syntax', reason: 'a MAIL or RCPT parameter holding a control character once xtext-decoded (RFC 3461 §4): the parameter refused, not the address' },
   envidSyntax: { code: 501, enhanced: '5.5.4', text: 'Bad ENVID parameter syntax', reason: 'an ENVID that is not printable US-ASCII once xtext-decoded (RFC 3461 §4.4): passed on, a next hop refuses it (Postfix: 501), and the message with it' },
   invisibleInAddress: { code: 553, enhanced: '5.1.3', text: 'Control, format or unassigned characters in an address are not accepted', reason: 'an address holding an invisible, bidi, control, private-use or unassigned character (ceo<U+00AD>@, <U+202E>…): shown as another address' },
   quotedLocalPart: { code: 553, enhanced: '5.1.3', text: 'Quoted local parts with spaces or special characters are not accepted', reason: 'a quoted local part that needs its quotes ("a b"@, "a@b"@): not carried' },

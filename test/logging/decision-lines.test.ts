@@ -442,6 +442,7 @@ const ROWS = {
   starttlsSyntax: { server: 'main', stage: 'STARTTLS', drive: () => ending('main', 'mx', ['STARTTLS now']) },
   tlsAlreadyActive: { server: 'main', stage: 'STARTTLS', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['STARTTLS'], alice) },
   vrfySyntax: { server: 'main', stage: 'VRFY', drive: () => ending('main', 'mx', ['VRFY']) },
+  parameterSyntax: { server: 'main', stage: 'RCPT', values: { parameter: 'ORCPT' }, drive: () => ending('main', 'proto', ['MAIL FROM:<a@example.net>', 'RCPT TO:<user@example.test> ORCPT=rfc822;a+0D+0Ab@example.test']) },
   heloSyntax: { server: 'main', stage: 'HELO', drive: () => ending('main', 'proto', ['HELO two names.example']) },
   ehloSyntax: { server: 'main', stage: 'EHLO', drive: () => ending('main', 'proto', ['EHLO']) },
   heloNameSyntax: { server: 'main', stage: 'EHLO', drive: () => ending('main', 'proto', ['EHLO bad\u0001name.example']) },

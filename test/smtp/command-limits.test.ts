@@ -141,6 +141,22 @@ test('an ENVID that is not printable US-ASCII once xtext-decoded gets 501 5.5.4,
   await c.quit();
 });
 
+test('a parameter that decodes to a control character gets 501 5.5.4 naming it, not a refusal of the address (smtp-server\'s 501 5.1.3 Bad recipient address syntax)', async () => {
+  const c = await client();
+  for (const parameter of ['ENVID=a+0D+0Ab', 'ENVID=a+00', 'AUTH=a+7F@example.org', 'ENVID=a\u0085b']) {
+    const name = parameter.slice(0, parameter.indexOf('='));
+    assert.equal((await c.command(`MAIL FROM:<a@example.org> SMTPUTF8 ${parameter}`)).text, `501 5.5.4 Bad ${name} parameter syntax`, parameter);
+  }
+  assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
+  for (const orcpt of ['rfc822;a+0D+0Ab@example.com', 'rfc822;b+1B[2J@example.com', 'rfc822;b+C2+85@example.com']) {
+    assert.equal((await c.command(`RCPT TO:<b@example.com> NOTIFY=FAILURE ORCPT=${orcpt}`)).text, '501 5.5.4 Bad ORCPT parameter syntax', orcpt);
+  }
+  // A malformed address is still the address's refusal; an ORCPT that decodes to printable text is taken.
+  assert.equal((await c.command('RCPT TO:<b@@example.com> ORCPT=rfc822;b@example.com')).text, '501 5.1.3 Error: Bad recipient address syntax');
+  assert.equal((await c.command('RCPT TO:<b@example.com> ORCPT=rfc822;b+2Bx@example.com')).code, 250);
+  await c.quit();
+});
+
 test('NOOP, RSET and EHLO loops: 100 are answered, then each counts as a refusal; at 20 the connection is closed with 421', async () => {
   const c = await client(); // its EHLO is the first junk command
   const replies = await pipelined(c, Array.from({ length: 200 }, (_, i) => ['NOOP', 'RSET', 'EHLO again.example'][i % 3]!), 119);
