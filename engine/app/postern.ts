@@ -250,17 +250,13 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   try {
     for (const l of PosternServer ? config.listeners : []) {
       const server = new PosternServer!(runtime, built.listeners.get(l.name)!);
-      server.on('error', (err: Error & { remoteAddress?: string; code?: string; reason?: string; cid?: string; tlsHandshake?: boolean }) => {
+      server.on('error', (err: Error & { remoteAddress?: string; code?: string; reason?: string; cid?: string; tlsHandshake?: boolean; starttls?: boolean }) => {
         // smtp-server also reports each client's connection errors here (a failed handshake, a reset):
         // the client's fault, logged at info with its reason, not as a server error with a stack trace.
         if (reported.has(err)) return; // one failure reaches here from the TCP socket and from TLS over it
         reported.add(err);
         if (err.remoteAddress && handshakeFailed(err)) metrics.tlsHandshakeFailures.inc({ listener: l.name });
-        // An implicit-TLS handshake cut off by limits.tlsHandshakeTimeoutMs is the server's decision, closed without
-        // a reply: it has the fields of one (as STARTTLS's has), so `jq 'select(.decision)'` finds it.
-        const timedOut = err.tlsHandshake === true && err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT'
-          ? { decision: 'reject', stage: 'CONNECT', reason: 'limits.tlsHandshakeTimeoutMs: the TLS handshake not completed (closed)', reply: null } : {};
-        if (err.remoteAddress) logger.info({ cid: err.cid, listener: l.name, ...timedOut, client: err.remoteAddress, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
+        if (err.remoteAddress) logger.info({ cid: err.cid, listener: l.name, ...handshakeDecision(err), client: err.remoteAddress, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
         else logger.error({ listener: l.name, err }, 'listener error');
       });
       if (role === 'worker') { // the supervisor owns the listening socket
@@ -457,6 +453,19 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
  * A client's TLS handshake that did not complete: refused by TLS, or not finished within
  * limits.tlsHandshakeTimeoutMs. Not a client that closed before it: a port check, or one that went away.
  */
+/**
+ * A TLS handshake that failed (implicit TLS, or after STARTTLS) or was cut off by limits.tlsHandshakeTimeoutMs ends the
+ * session there, closed without a reply: its line has the fields of a decision (as the STARTTLS deadline's has), so
+ * `jq 'select(.decision)'` finds every session that ended at a refusal or a failed step. None for another error.
+ */
+function handshakeDecision(err: Error & { code?: string; tlsHandshake?: boolean; starttls?: boolean }): object {
+  const stage = err.tlsHandshake === true ? 'CONNECT' : err.starttls === true ? 'STARTTLS' : null;
+  if (stage === null) return {};
+  const handshake = stage === 'STARTTLS' ? 'the TLS handshake after STARTTLS' : 'the TLS handshake';
+  const reason = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? `limits.tlsHandshakeTimeoutMs: ${handshake} not completed (closed)` : `${handshake} failed (closed)`;
+  return { decision: 'reject', stage, reason, reply: null };
+}
+
 function handshakeFailed(err: Error & { code?: string; library?: string; tlsHandshake?: boolean }): boolean {
   return err.library === 'SSL routines' || (err.tlsHandshake === true && err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT');
 }

@@ -731,8 +731,9 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
       this.close();
       return;
     }
-    // The server's 'error' event logs it (engine/app/postern.ts): with this session's id, to find its other lines.
-    Object.assign(err, { cid: this.id });
+    // The server's 'error' event logs it (engine/app/postern.ts): with this session's id, to find its other lines, and
+    // during the handshake after STARTTLS as the session's end there (a decision line of stage STARTTLS).
+    Object.assign(err, { cid: this.id, starttls: this._upgrading === true });
     super._onError(err);
   }
 

@@ -2,7 +2,8 @@
 // line has the fields of such a decision (decision, stage, client, reason naming the setting, reply: null), after
 // STARTTLS (with the session id) and on implicit TLS, so `jq 'select(.decision)'` finds it. Before, the STARTTLS one
 // had neither decision nor reason nor listener, and the implicit one was a bare `client connection error`. A
-// handshake the client broke after STARTTLS is logged with the session's id, which it lacked.
+// handshake the client breaks is such a line too (every session that ends at a refusal or a failed step has one): it
+// was a bare `client connection error`, after STARTTLS without the session's id at first.
 // Real server, real sockets.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -61,7 +62,7 @@ test('implicit TLS, no ClientHello: one line with decision, stage, reason and no
   assert.match(String(line.reason), /^limits\.tlsHandshakeTimeoutMs/);
 });
 
-test('a handshake the client breaks after STARTTLS: its connection error names the session', { timeout: 60_000 }, async () => {
+test('a handshake the client breaks after STARTTLS: one decision line of stage STARTTLS, with the session\'s id', { timeout: 60_000 }, async () => {
   const mark = s.logs.length;
   const c = await SmtpTestClient.connect(s.port('hsstarttls'));
   await c.read();
@@ -71,9 +72,25 @@ test('a handshake the client breaks after STARTTLS: its connection error names t
   c.socket.write('this is not TLS\r\n');
   assert.ok(await c.waitClosed(60_000));
   await until('its line', () => atInfo(mark).some((l) => l.msg === 'client connection error'), { timeoutMs: 30_000 });
-  const refusal = atInfo(mark).find((l) => l.decision === 'reject')!;
-  const errors = atInfo(mark).filter((l) => l.msg === 'client connection error');
-  assert.equal(errors.length, 1);
-  assert.equal(errors[0]!.cid, refusal.cid, 'the session\'s id');
-  assert.equal(errors[0]!.decision, undefined, 'the client\'s failure, not a decision');
+  const [refusal, failed, ...more] = atInfo(mark).filter((l) => l.decision !== undefined);
+  assert.equal(refusal!.stage, 'UNKNOWN');
+  assert.deepEqual(more, [], 'one line for the handshake');
+  assert.deepEqual([failed!.msg, failed!.decision, failed!.stage, failed!.client, failed!.listener, failed!.reply, failed!.reason],
+    ['client connection error', 'reject', 'STARTTLS', '127.0.0.1', 'hsstarttls', null, 'the TLS handshake after STARTTLS failed (closed)']);
+  assert.equal(failed!.cid, refusal!.cid, 'the session\'s id');
+  assert.match(String((failed!.clientError as { code?: string }).code), /^ERR_SSL_/, 'what failed, for the operator');
+  assert.equal(atInfo(mark).filter((l) => l.msg === 'client connection error').length, 1);
+});
+
+test('an implicit-TLS handshake the client breaks: one decision line of stage CONNECT', { timeout: 60_000 }, async () => {
+  const mark = s.logs.length;
+  const raw = net.connect(s.port('hsimplicit'), '127.0.0.1');
+  raw.on('error', () => undefined);
+  raw.write('EHLO this is not TLS\r\n');
+  await new Promise((r) => raw.once('close', r));
+  await until('its line', () => atInfo(mark).length > 0, { timeoutMs: 30_000 });
+  const lines = atInfo(mark);
+  assert.equal(lines.length, 1, JSON.stringify(lines));
+  assert.deepEqual([lines[0]!.decision, lines[0]!.stage, lines[0]!.client, lines[0]!.listener, lines[0]!.reply, lines[0]!.reason],
+    ['reject', 'CONNECT', '127.0.0.1', 'hsimplicit', null, 'the TLS handshake failed (closed)']);
 });
