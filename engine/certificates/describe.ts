@@ -7,6 +7,7 @@ import { createHash, hash } from 'node:crypto';
 import type { CertificateSummary, ChainFailureReason, DistinguishedName, PeerCertificate } from '../sandbox/api/index.ts';
 import { colonHex, hex, toPem } from './digests.ts';
 import { readCertificate, type NameAttribute } from './x509-fields.ts';
+import { DRAWS_NOTHING } from '../text/draws-nothing.ts';
 
 /** The chain verdict OpenSSL gave during the handshake (tlsSocket.authorized / authorizationError). */
 export interface ChainVerdict {
@@ -174,11 +175,12 @@ export function chainFailureReason(errorCode: string | null): ChainFailureReason
  * on every connection, or kept for each of 20,000 certificates seen, it would cost that much each time.
  * And nothing a reader's terminal acts on or shows other than it is: the DN escapes C0 controls already; C1
  * controls (U+009B is a terminal's CSI), format characters (a bidi override shows `al\u202Eecila` as
- * "alalice"; zero-width characters) and line separators are written as RFC 4514 escapes of their UTF-8 bytes.
+ * "alalice"; zero-width characters), line separators and the other characters that draw nothing (DRAWS_NOTHING:
+ * `c\u3164eo`) are written as RFC 4514 escapes of their UTF-8 bytes.
  * Scripts still see the whole name, as it is.
  */
 const DN_MAX = 512;
-const UNSHOWABLE = /[\p{Cc}\p{Cf}\p{Cs}\u2028\u2029]/gu;
+const UNSHOWABLE = new RegExp(String.raw`[\p{Cc}\p{Cf}\p{Cs}\u2028\u2029]|` + DRAWS_NOTHING, 'gu');
 export function boundedName(dn: string): string {
   const shown = dn.replace(UNSHOWABLE, (c) => Buffer.from(c).toString('hex').toUpperCase().replace(/../g, '\\$&'));
   return shown.length <= DN_MAX ? shown : `${shown.slice(0, DN_MAX)}...`;

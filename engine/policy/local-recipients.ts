@@ -15,6 +15,7 @@ import { containsPrivateKey, privateKeyFileMessage, quoteLine } from '../certifi
 import { isLocalDomain } from '../config/schema.ts';
 import { domainKey } from './domain-key.ts';
 import { asciiSafeLowerCase, asciiSafeNfc } from './sender-logins.ts';
+import { DRAWS_NOTHING } from '../text/draws-nothing.ts';
 
 export class LocalRecipientsError extends Error {
   constructor(file: string, line: number | undefined, message: string) {
@@ -93,6 +94,9 @@ export class LocalRecipients {
  */
 const MAX_LINE_CHARS = 4096;
 
+/** Controls, format characters, the others that draw nothing (as envelope-path.ts refuses them), quotes and a second "@". */
+const NOT_IN_A_LISTED_LOCAL_PART = new RegExp(String.raw`[\p{Cc}\p{Cf}"@]|` + DRAWS_NOTHING, 'u');
+
 export async function loadLocalRecipients(file: string, delimiters = ''): Promise<LocalRecipients> {
   let text: string;
   try {
@@ -115,7 +119,7 @@ export async function loadLocalRecipients(file: string, delimiters = ''): Promis
     if (at < 0) throw new LocalRecipientsError(file, line, `expected "user@domain" or "@domain", got ${quoteLine(entry)}`);
     const local = entry.slice(0, at);
     // An address no client can send (quoted, routed, invisible characters) would be listed and match nobody.
-    if (/[\p{Cc}\p{Cf}"@]/u.test(local)) throw new LocalRecipientsError(file, line, `control, format or quote characters, or a second "@", in the local part of ${quoteLine(entry)}`);
+    if (NOT_IN_A_LISTED_LOCAL_PART.test(local)) throw new LocalRecipientsError(file, line, `control, format or quote characters, or a second "@", in the local part of ${quoteLine(entry)}`);
     const domain = tableDomain(entry.slice(at + 1));
     if (!domain) throw new LocalRecipientsError(file, line, `expected a domain name or an address literal after "@", got ${quoteLine(entry)}`);
     table.add(local, domain);
