@@ -15,7 +15,8 @@ import type { Config } from '../config/schema.ts';
 import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts';
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
-import { catalogueReplyFor } from './smtp-server-replies.ts';
+import { catalogueReplyFor, refusalContext } from './smtp-server-replies.ts';
+import { parameterControlRefusal } from './parameter-controls.ts';
 
 const requireCjs = createRequire(import.meta.url);
 const { SMTPConnection } = requireCjs('smtp-server/lib/smtp-connection') as { SMTPConnection: typeof SMTPConnectionClass };
@@ -62,12 +63,13 @@ export class AddressCommands {
           self.#reply = { code, reply: `${code} ${decided.message}` };
           return;
         }
-        const named = catalogueReplyFor(code, data);
+        const named = catalogueReplyFor(code, data, config.hostname, 'checks');
         if (named) {
           self.#reply = { code, reply: `${code} ${named.message}` };
           return;
         }
-        const enhanced = ENHANCED_CODE_PREFIX.test(data) || context === false ? '' : `${conn._getEnhancedStatusCode(code, context as string)} `;
+        const own = refusalContext(code, context); // a refusal has an enhanced code, as PosternConnection sends it
+        const enhanced = ENHANCED_CODE_PREFIX.test(data) || own === false ? '' : `${conn._getEnhancedStatusCode(code, own as string)} `;
         self.#reply = { code, reply: `${code} ${enhanced}${data}` };
       },
       // PosternConnection's: the address in the form scripts and rules see (envelope-path.ts).
@@ -100,6 +102,8 @@ export class AddressCommands {
     this.#ask = ask;
     const path = preparedPath(Buffer.from(command));
     if (path instanceof SmtpReply) return { code: path.responseCode, reply: `${path.responseCode} ${path.message}` };
+    const badParameter = parameterControlRefusal(path);
+    if (badParameter) return { code: badParameter.responseCode, reply: `${badParameter.responseCode} ${badParameter.message}` };
     const handler = verb === 'MAIL' ? SMTPConnection.prototype.handler_MAIL : SMTPConnection.prototype.handler_RCPT;
     await new Promise<void>((resolve) => handler.call(this.#conn, path, () => resolve()));
     const failure = this.#failure as { err: unknown } | null;
