@@ -36,11 +36,15 @@ export class AddressCommands {
   #failure: { err: unknown } | null = null;
   readonly #options: SMTPServerOptions;
   readonly #session: SMTPServerSession;
+  readonly #maxRecipients: number;
+  /** RCPT commands accepted in this transaction, a recipient named again counted again (PosternConnection's rule). */
+  #rcptsAccepted = 0;
 
   constructor(options: SMTPServerOptions, session: SMTPServerSession, secure: () => boolean, config: Config, maxRecipients: number) {
     const self = this;
     this.#options = options;
     this.#session = session;
+    this.#maxRecipients = maxRecipients;
     const conn = Object.create(SMTPConnection.prototype) as Connection & Record<string, unknown>;
     const ask = (parsed: SMTPServerAddress, _session: SMTPServerSession, done: (err?: Error | null) => void): void => {
       self.#ask!(parsed).then((decided) => {
@@ -104,16 +108,22 @@ export class AddressCommands {
     if (path instanceof SmtpReply) return { code: path.responseCode, reply: `${path.responseCode} ${path.message}` };
     const badParameter = parameterControlRefusal(path);
     if (badParameter) return { code: badParameter.responseCode, reply: `${badParameter.responseCode} ${badParameter.message}` };
+    if (verb === 'RCPT' && this.#maxRecipients > 0 && this.#session.envelope.mailFrom && this.#rcptsAccepted >= this.#maxRecipients) {
+      this.#conn.send(452, 'Error: too many recipients', 'TOO_MANY_RECIPIENTS');
+      return this.#reply!;
+    }
     const handler = verb === 'MAIL' ? SMTPConnection.prototype.handler_MAIL : SMTPConnection.prototype.handler_RCPT;
     await new Promise<void>((resolve) => handler.call(this.#conn, path, () => resolve()));
     const failure = this.#failure as { err: unknown } | null;
     if (failure) throw failure.err;
+    if (verb === 'RCPT' && this.#reply!.code < 300) this.#rcptsAccepted++;
     return this.#reply!;
   }
 
   /** The transaction ended (its message taken, or RSET): a fresh envelope, recipients counted afresh. */
   endTransaction(): void {
     this.#session.envelope = freshEnvelope(this.#options);
+    this.#rcptsAccepted = 0;
     (this.#conn as unknown as { _rcptIndex: Map<string, number> })._rcptIndex = new Map();
   }
 }
