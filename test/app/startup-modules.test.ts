@@ -41,10 +41,11 @@ test('starting the server\'s modules loads neither Node\'s fetch (undici), nor a
  * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape). chokidar: loaded by
  * the first watch (engine/reload/change-watcher.ts), which a worker or the queue process never makes.
  * @opentelemetry/api: required by prom-client's process CPU counter for exemplars, never enabled (51 files, ~30 ms).
+ * zod's locales but English (engine/config/zod.ts: 63 files, ~35 ms).
  */
 const NOT_AT_START = [
   /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
-  /node_modules\/(chokidar|readdirp)\//, /node_modules\/@opentelemetry\//,
+  /node_modules\/(chokidar|readdirp)\//, /node_modules\/@opentelemetry\//, /node_modules\/zod\/v4\/locales\/(?!en\.c?js$)/,
 ];
 
 test('@opentelemetry/api, left out at start, is the real package where something uses it', async () => {
@@ -53,6 +54,13 @@ test('@opentelemetry/api, left out at start, is the real package where something
   const api = require('@opentelemetry/api') as { trace: { getSpan: (context: unknown) => unknown }; context: { active: () => unknown } };
   assert.equal(typeof api.trace.getSpan, 'function');
   assert.equal(api.trace.getSpan(api.context.active()), undefined, 'no span outside a trace');
+});
+
+test('zod\'s locales, left out at start, are there for whoever asks', async () => {
+  const { z } = await import('../../engine/config/zod.ts');
+  assert.equal(typeof z.locales.de, 'function');
+  assert.ok('fr' in z.locales);
+  assert.equal(z.string().safeParse(1).error?.issues[0]?.message, 'Invalid input: expected string, received number', 'English, as before');
 });
 
 /**
