@@ -58,11 +58,12 @@ test('@opentelemetry/api, left out at start, is the real package where something
   assert.equal(api.trace.getSpan(api.context.active()), undefined, 'no span outside a trace');
 });
 
-test('zod\'s locales, left out at start, are there for whoever asks', async () => {
+test('zod\'s locales, left out at start, are there for whoever asks; its JIT is off', async () => {
   const { z } = await import('../../engine/config/zod.ts');
   assert.equal(typeof z.locales.de, 'function');
   assert.ok('fr' in z.locales);
   assert.equal(z.string().safeParse(1).error?.issues[0]?.message, 'Invalid input: expected string, received number', 'English, as before');
+  assert.equal(z.config().jitless, true, 'no parser compiled for a schema parsed once a start');
 });
 
 /**
