@@ -11,7 +11,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import { z } from './zod.ts';
 import { configSchema } from './schema.ts';
 
 export const CONFIGURATION_DOC = resolve(dirname(fileURLToPath(import.meta.url)), '../../docs/configuration.md');

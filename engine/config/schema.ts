@@ -7,7 +7,7 @@
  */
 import { DEFAULT_SYNC_DEADLINE_MS, MAX_SYNC_DEADLINE_MS, MIN_SYNC_DEADLINE_MS } from '../spool/sync-deadline.ts';
 import { isIP } from 'node:net';
-import { z } from 'zod';
+import { z } from './zod.ts';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
 import { isHostName } from '../dns/host-name.ts';

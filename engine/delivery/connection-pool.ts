@@ -15,7 +15,11 @@ import { isMarkedMalformed, markMalformedReplies } from './malformed-replies.ts'
 // nodemailer's CommonJS build, not its ES modules: those import node:http (its fetch helper), and an ES import of
 // node:http reads every export of it, one of which loads Node's own fetch (undici): ~20 ms of CPU at every start of
 // a process (test/app/startup-modules.test.ts). Same code either way (both are built from one source).
-const SMTPConnection = createRequire(import.meta.url)('nodemailer/lib/smtp-connection') as typeof SMTPConnectionClass;
+// Loaded by the first connection, not at start: a worker of postern serve never delivers (its queue process does),
+// nor does a command, yet each loaded it (~10 files, ~20 ms of CPU).
+let smtpConnectionClass: typeof SMTPConnectionClass | undefined;
+const smtpConnection = (): typeof SMTPConnectionClass =>
+  smtpConnectionClass ??= createRequire(import.meta.url)('nodemailer/lib/smtp-connection') as typeof SMTPConnectionClass;
 type SMTPConnection = SMTPConnectionClass;
 
 const MAX_MESSAGES = 100;
@@ -325,7 +329,7 @@ export class ConnectionPool {
     if (this.#closed) throw Object.assign(new Error('delivery is shutting down'), { code: 'ECONNECTION', command: 'API' });
     const s = endpoint.security;
     const deadline = new ReplyDeadline(opts.commandTimeoutMs, opts.endOfDataTimeoutMs);
-    const conn = new SMTPConnection({
+    const conn = new (smtpConnection())({
       host: endpoint.address,
       port: endpoint.port,
       secure: s.secure,

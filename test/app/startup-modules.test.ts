@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
 import { once } from 'node:events';
 import { mkdtemp, mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -39,11 +40,31 @@ test('starting the server\'s modules loads neither Node\'s fetch (undici), nor a
  * prom-client's index (engine/metrics/prom-client-parts.ts: its Pushgateway, Summary and cluster aggregator,
  * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape). chokidar: loaded by
  * the first watch (engine/reload/change-watcher.ts), which a worker or the queue process never makes.
+ * @opentelemetry/api: required by prom-client's process CPU counter for exemplars, never enabled (51 files, ~30 ms).
+ * zod's locales but English (engine/config/zod.ts: 63 files, ~35 ms). nodemailer's SMTP client: loaded by the first
+ * delivery (engine/delivery/connection-pool.ts), which a worker or a command never makes.
  */
 const NOT_AT_START = [
   /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
-  /node_modules\/(chokidar|readdirp)\//,
+  /node_modules\/(chokidar|readdirp)\//, /node_modules\/@opentelemetry\//, /node_modules\/zod\/v4\/locales\/(?!en\.c?js$)/,
+  /node_modules\/nodemailer\/dist\/cjs\/smtp-connection\//,
 ];
+
+test('@opentelemetry/api, left out at start, is the real package where something uses it', async () => {
+  await import('../../engine/metrics/prom-client-parts.ts');
+  const require = createRequire(createRequire(import.meta.url).resolve('prom-client/lib/metrics/processCpuTotal'));
+  const api = require('@opentelemetry/api') as { trace: { getSpan: (context: unknown) => unknown }; context: { active: () => unknown } };
+  assert.equal(typeof api.trace.getSpan, 'function');
+  assert.equal(api.trace.getSpan(api.context.active()), undefined, 'no span outside a trace');
+});
+
+test('zod\'s locales, left out at start, are there for whoever asks; its JIT is off', async () => {
+  const { z } = await import('../../engine/config/zod.ts');
+  assert.equal(typeof z.locales.de, 'function');
+  assert.ok('fr' in z.locales);
+  assert.equal(z.string().safeParse(1).error?.issues[0]?.message, 'Invalid input: expected string, received number', 'English, as before');
+  assert.equal(z.config().jitless, true, 'no parser compiled for a schema parsed once a start');
+});
 
 /**
  * The watchdog thread of every worker and queue process (engine/cluster/watchdog-thread.ts) is a Node bootstrap of its

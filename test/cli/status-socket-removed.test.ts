@@ -10,7 +10,15 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startCluster, type ClusterProcess } from '../helpers/cluster.ts';
 import { runCli } from '../helpers/cli.ts';
+import { runInProcess } from '../helpers/cli-in-process.ts';
+import { statusCommand } from '../../engine/cli/status.ts';
 import { until } from '../helpers/wait.ts';
+
+/**
+ * Each case's first `postern status` is the command line; its further ones call statusCommand in this process (a
+ * process each, ~0.3 s of CPU mostly module loading, proved nothing more).
+ */
+const statusHere = (config: string) => runInProcess(() => statusCommand({ config }));
 
 /** One server for the tests of this file (each leaves it serving, the last stops it). */
 let c: ClusterProcess | undefined;
@@ -32,7 +40,7 @@ test('the status socket full (64 connections sending half a request): one that a
       held.push(s);
     })));
     assert.equal(accepted, 64);
-    const r = await runCli(['status', '--config', config]);
+    const r = await statusHere(config);
     assert.equal(r.code, 0, r.stderr);
     await until('a connection that sent half a request closed to make room', () => closed >= 1);
   } finally {
@@ -47,15 +55,15 @@ test('postern.sock removed, or replaced by a file, while the server runs: made a
   assert.equal((await runCli(['status', '--config', config])).code, 0);
 
   await rm(socket);
-  // Each `postern status` is a process of its own: asked once the server said it made the socket again, not polled for it.
+  // Asked once the server said it made the socket again, not polled for it.
   await c.waitFor('its log line', () => c!.logs.some((l) => /status socket: its file was removed .*made again/.test(String(l.msg))), 90_000);
-  await c.waitFor('the status socket made again', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
+  await c.waitFor('the status socket made again', async () => (await statusHere(config)).code === 0, 90_000);
 
   // Something else in its place (a file a careless restore put there): replaced too.
   await rm(socket);
   await writeFile(socket, 'not a socket\n');
   await c.waitFor('its log line', () => c!.logs.some((l) => /status socket: its file was replaced .*made again/.test(String(l.msg))), 90_000);
-  await c.waitFor('the status socket made again over a file', async () => (await runCli(['status', '--config', config])).code === 0, 90_000);
+  await c.waitFor('the status socket made again over a file', async () => (await statusHere(config)).code === 0, 90_000);
 });
 
 test('no status socket while a server holds the data directory (starting: the socket comes once every process is ready; or removed, before it is made again): exit 4 naming that process, not "not running"', { timeout: 120_000 }, async () => {

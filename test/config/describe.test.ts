@@ -9,7 +9,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { z } from 'zod';
+import { z } from '../../engine/config/zod.ts';
 import { CONFIGURATION_DOC, REGENERATE_COMMAND, configKeys, undescribedKeys, updateDocument } from '../../engine/config/describe.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');

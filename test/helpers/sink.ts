@@ -3,11 +3,17 @@
  * bytes, the TLS session and the client certificate's fingerprint) and can refuse at MAIL, RCPT or DATA,
  * or limit the recipients per transaction (452 after N, like smtp-server's maxRecipients).
  */
-import { SMTPServer, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServer as SMTPServerClass, SMTPServerSession } from 'smtp-server';
+import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { AddressInfo } from 'node:net';
+
+// smtp-server's CommonJS build, as the server's (engine/smtp/postern-server.ts): its ES build loads nodemailer's ES
+// modules and, through their import of node:http, Node's fetch (undici), ~40 ms of CPU in each test file with a sink,
+// and a second copy of both beside the server's when the file runs one in its own process.
+const { SMTPServer } = createRequire(import.meta.url)('smtp-server') as { SMTPServer: typeof SMTPServerClass };
 
 export interface PeerFacts {
   tls: boolean;

@@ -23,6 +23,13 @@ test('every metric has its row in docs/operations.md\'s table, and every metric 
   assert.deepEqual([...named].sort().filter((n) => !ours.includes(n)), [], 'docs/operations.md names metrics that do not exist');
 });
 
+test('prom-client\'s process CPU counters scrape (engine/metrics/prom-client-parts.ts stands in for their exemplar dependency)', async () => {
+  const text = await registry.metrics();
+  for (const name of ['postern_process_cpu_user_seconds_total', 'postern_process_cpu_system_seconds_total', 'postern_process_cpu_seconds_total']) {
+    assert.match(text, new RegExp(`^${name} \\d`, 'm'), name);
+  }
+});
+
 test('docs/operations.md gives each metric its type and labels as the code has them', async () => {
   const doc = await readFile(new URL('../../docs/operations.md', import.meta.url), 'utf8');
   const rows = [...doc.matchAll(/^\| `(postern_[a-z_]+)` \| (\w+) \|([^|]*)\|/gm)];
