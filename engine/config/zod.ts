@@ -7,10 +7,12 @@
  */
 import { createRequire } from 'node:module';
 import type * as Zod from 'zod';
+import { deferModule } from '../loading/deferred-module.ts';
 
 const require = createRequire(import.meta.url);
 
-deferLocales();
+// `__esModule` is asked by the build's import helper at once: answered without loading (the real module says the same).
+deferModule(require, 'zod/v4/locales', { early: { __esModule: true } });
 export const z: typeof Zod.z = (require('zod') as typeof Zod).z;
 // Without zod's JIT: it compiles a parser for each object schema (new Function) at its first parse, and the
 // configuration's is parsed once a start (and once a reload): its first parse took 23 ms of CPU that way, 7 ms
@@ -23,28 +25,4 @@ export declare namespace z {
   export type input<T extends Zod.z.ZodType> = Zod.z.input<T>;
   export type output<T extends Zod.z.ZodType> = Zod.z.output<T>;
   export type ZodType = Zod.z.ZodType;
-}
-
-function deferLocales(): void {
-  const path = require.resolve('zod/v4/locales');
-  if (require.cache[path]) return;
-  let real: Record<string | symbol, unknown> | undefined;
-  const load = (): Record<string | symbol, unknown> => {
-    if (!real) {
-      delete require.cache[path];
-      real = require(path) as Record<string | symbol, unknown>;
-    }
-    return real;
-  };
-  const exports = new Proxy({}, {
-    // Asked by the build's import helper at once: answered without loading (the real module says the same).
-    get: (_, key) => (key === '__esModule' ? true : load()[key]),
-    has: (_, key) => key in load(),
-    ownKeys: () => Reflect.ownKeys(load()),
-    getOwnPropertyDescriptor: (_, key) => {
-      const d = Reflect.getOwnPropertyDescriptor(load(), key);
-      return d && { ...d, configurable: true };
-    },
-  });
-  require.cache[path] = { id: path, filename: path, loaded: true, exports, children: [], paths: [] } as unknown as NodeJS.Module;
 }

@@ -7,6 +7,7 @@
  */
 import { createRequire } from 'node:module';
 import type * as PromClient from 'prom-client';
+import { deferModule } from '../loading/deferred-module.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -20,30 +21,7 @@ export const Histogram = require('prom-client/lib/histogram') as typeof PromClie
  * start) for the trace ids of exemplars, which the server never enables: that require gets a stand-in that loads the
  * real package at its first use (none, unless exemplars are turned on).
  */
-deferOpenTelemetry();
+deferModule(require, '@opentelemetry/api', { requirer: 'prom-client/lib/metrics/processCpuTotal' });
 export const collectDefaultMetrics = require('prom-client/lib/defaultMetrics') as typeof PromClient.collectDefaultMetrics;
 /** The supervisor's alone (cluster-metrics.ts, which merges its children's answers): loaded by the first call. */
 export const aggregatorRegistry = (): typeof PromClient.AggregatorRegistry => require('prom-client/lib/cluster') as typeof PromClient.AggregatorRegistry;
-
-function deferOpenTelemetry(): void {
-  const path = createRequire(require.resolve('prom-client/lib/metrics/processCpuTotal')).resolve('@opentelemetry/api');
-  if (require.cache[path]) return;
-  let real: Record<string | symbol, unknown> | undefined;
-  const load = (): Record<string | symbol, unknown> => {
-    if (!real) {
-      delete require.cache[path];
-      real = require(path) as Record<string | symbol, unknown>;
-    }
-    return real;
-  };
-  const exports = new Proxy({}, {
-    get: (_, key) => load()[key],
-    has: (_, key) => key in load(),
-    ownKeys: () => Reflect.ownKeys(load()),
-    getOwnPropertyDescriptor: (_, key) => {
-      const d = Reflect.getOwnPropertyDescriptor(load(), key);
-      return d && { ...d, configurable: true };
-    },
-  });
-  require.cache[path] = { id: path, filename: path, loaded: true, exports, children: [], paths: [] } as unknown as NodeJS.Module;
-}
