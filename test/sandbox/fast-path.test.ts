@@ -45,11 +45,17 @@ test('a call that outruns the fast path is run again on an isolate thread; once 
     // Spins on CPU well past the fast path (the loop, not the clock, so that a descheduled thread does not shorten it).
     scripts: [js('rcptto', 'export default (ctx) => { log("start", ctx.n); let x = 0; for (let i = 0; i < 3e7; i++) x += i; return accept({ text: "slow " + ctx.n }); }')],
   }, async (sandbox) => {
-    assert.deepEqual(await sandbox.invoke('rcptto', { n: 1 }, 'c1'), { verdict: 'accept', text: 'slow 1' });
+    // Until one is stopped: on a loaded machine isolated-vm's timer thread, itself waiting for a CPU, may stop an
+    // attempt only after it has ended (a call that ended on the fast path, no overrun; seen once in CI).
+    let n = 0;
+    do {
+      n++;
+      assert.deepEqual(await sandbox.invoke('rcptto', { n }, 'c1'), { verdict: 'accept', text: `slow ${n}` });
+    } while ((await sandbox.stats()).fastPath.overruns === 0 && n < 30);
     assert.equal((await sandbox.stats()).fastPath.overruns, 1, 'stopped on the fast path and run again');
-    assert.deepEqual(host.logs.filter((l) => l.level === 'info').map((l) => l.message), ['start 1'], 'the stopped attempt logs nothing');
+    const started = Array.from({ length: n }, (_, i) => `start ${i + 1}`);
+    assert.deepEqual(host.logs.filter((l) => l.level === 'info').map((l) => l.message), started, 'the stopped attempt logs nothing');
     // Each overrun with the budget's CPU time counts; one the machine descheduled does not.
-    let n = 1;
     while (!host.logs.some((l) => l.level === 'warn') && n < 30) {
       n++;
       assert.deepEqual(await sandbox.invoke('rcptto', { n }, 'c1'), { verdict: 'accept', text: `slow ${n}` });
