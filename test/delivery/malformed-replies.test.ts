@@ -11,6 +11,13 @@ import { startScriptedPeer } from '../helpers/scripted-peer.ts';
 import { startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
+/** A server whose queue relays to the scripted next hop on `port`, retrying after 0.1 s. */
+function relayingTo(port: number): ReturnType<typeof startDeliveryServer> {
+  return startDeliveryServer({
+    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(port, { retrySchedule: [0.1] }) }),
+  });
+}
+
 const MALFORMED: Record<string, [string, string]> = {
   'a 250 line, then a 550 last line': ['250-2.1.5 ok\r\n550 5.1.1 no such user\r\n', 'its lines do not share one reply code): 250-2.1.5 ok 550 5.1.1 no such user'],
   'a 550 line, then a 250 last line': ['550-5.1.1 no such user\r\n250 2.1.5 ok\r\n', 'its lines do not share one reply code): 550-5.1.1 no such user 250 2.1.5 ok'],
@@ -27,9 +34,7 @@ for (const [name, [reply, logged]] of Object.entries(MALFORMED)) {
         if (/<odd@/.test(line) && mixedOnce) { mixedOnce = false; s.write(reply); return 'answered'; }
       },
     });
-    const s = await startDeliveryServer({
-      config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [0.1] }) }),
-    });
+    const s = await relayingTo(peer.port);
     try {
       const id = await s.send('a@example.test', ['b@example.test', 'odd@example.test']);
       const first = await s.nextAttempt((e) => e.id === id, { timeoutMs: 30_000, past: true });
@@ -59,9 +64,7 @@ for (const [name, [reply, logged]] of Object.entries<[string, string]>({
     const peer = await startScriptedPeer({
       endOfData: (s) => { if (messages++ === 0) { s.write(reply); return 'answered'; } },
     });
-    const s = await startDeliveryServer({
-      config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [0.1] }) }),
-    });
+    const s = await relayingTo(peer.port);
     try {
       const id = await s.send('a@example.test', ['b@example.test']);
       const first = await s.nextAttempt((e) => e.id === id, { timeoutMs: 30_000, past: true });
@@ -86,9 +89,7 @@ test('every recipient refused, one with mixed codes: the plain refusal keeps its
       if (/<odd@/.test(line) && mixedOnce) { mixedOnce = false; s.write('250-2.1.5 ok\r\n550 5.1.1 no such user\r\n'); return 'answered'; }
     },
   });
-  const s = await startDeliveryServer({
-    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [0.1] }) }),
-  });
+  const s = await relayingTo(peer.port);
   try {
     const id = await s.send('a@example.test', ['gone@example.test', 'odd@example.test']);
     const first = await s.nextAttempt((e) => e.id === id, { timeoutMs: 30_000, past: true });
@@ -110,9 +111,7 @@ test('EHLO answered with mixed codes: the session fails (deferred, with the repl
   const peer = await startScriptedPeer({
     ehlo: (s) => { if (ehlos++ === 0) { s.write('250-peer\r\n250-8BITMIME\r\n550 5.7.1 go away\r\n'); return 'answered'; } },
   });
-  const s = await startDeliveryServer({
-    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [0.1] }) }),
-  });
+  const s = await relayingTo(peer.port);
   try {
     const id = await s.send('a@example.test', ['b@example.test']);
     const first = await s.nextAttempt((e) => e.id === id, { timeoutMs: 30_000, past: true });
@@ -132,9 +131,7 @@ test('MAIL answered with mixed codes: the transaction is deferred (the reply log
     mail: (s) => { if (mails++ === 0) { s.write('250-2.1.0 ok\r\n550 5.7.1 sender refused\r\n'); return 'answered'; } },
     endOfData: () => { messages++; },
   });
-  const s = await startDeliveryServer({
-    config: configYaml({ listeners: [testListener('in')], localDomains: ['example.test'], delivery: smarthostDelivery(peer.port, { retrySchedule: [0.1] }) }),
-  });
+  const s = await relayingTo(peer.port);
   try {
     const id = await s.send('a@example.test', ['b@example.test']);
     const first = await s.nextAttempt((e) => e.id === id, { timeoutMs: 30_000, past: true });
