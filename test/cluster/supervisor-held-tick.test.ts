@@ -39,8 +39,14 @@ test('the supervisor held 0.6 s while its worker beats: the worker keeps accepti
     process.kill(supervisor, 'SIGSTOP');
     const stoppedAt = performance.now();
     try {
-      // Held until the worker has beaten meanwhile (written to its channel), and past the staleness limit with margin.
-      while (written(worker) === before || performance.now() - stoppedAt < 600) await new Promise((r) => setTimeout(r, 20));
+      // Held past the staleness limit with margin, then until the worker writes again (it beats every 100 ms): resumed
+      // just after a beat, so that its newest beat is fresh when the supervisor reads it. (Resumed at 600 ms after any
+      // write instead, a loaded machine that descheduled the worker made its newest beat older than the limit: a real
+      // staleness, and the test failed on it.)
+      while (performance.now() - stoppedAt < 600) await new Promise((r) => setTimeout(r, 20));
+      const at600 = written(worker);
+      while (written(worker) === at600) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(at600 > before, 'the worker beat while the supervisor was held');
     } finally {
       process.kill(supervisor, 'SIGCONT');
     }
