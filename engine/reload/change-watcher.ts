@@ -1,15 +1,15 @@
 /**
- * Watches the inputs with chokidar and calls back once events about them have been quiet for `settleMs`.
+ * Watches the inputs (fs.watch, path-watches.ts) and calls back once events about them have been quiet for `settleMs`.
  *
  * Folders are watched (not only the files in them, and not their subfolders) so that write-temp-then-rename,
  * delete-then-create and an atomically swapped symlinked directory (Kubernetes ConfigMaps: `..data` → new
- * folder) are all seen. Only events about inputs count: other files in those folders (a log file next to
- * postern.yaml) neither start nor prolong a settle period.
+ * folder) are all seen; each input file and script is watched as well (a symlink to a file elsewhere is edited
+ * where no watched folder sees it). Only events about inputs count: other files in those folders (a log file next
+ * to postern.yaml) neither start nor prolong a settle period, and cost no more than the event itself.
  *
- * No event is dropped. chokidar suppresses repeated `change` events for one path within 50 ms, so a save
- * right after another could go unseen; its raw file-system events are used as well, and every one of them
- * (re)starts the settle period. A raw `change` that altered nothing but the access time (a read, such as
- * the reloader's own) is recognised by an unchanged status change time and ignored.
+ * No event is dropped: every raw file-system event about an input (re)starts the settle period. A `change` that
+ * altered nothing but the access time (a read, such as the reloader's own) is recognised by an unchanged status
+ * change time and ignored.
  *
  * A scripts folder can itself be replaced (deleted and created again by a deploy, or a `scripts` symlink
  * renamed over to point elsewhere), and so can the folder of postern.yaml or of a table (a release-style deploy
@@ -20,7 +20,7 @@
  * new watch was ready counts).
  *
  * Events do not always come. Watching can be impossible: a host whose inotify instances or watches are used up
- * (fs.watch fails with EMFILE or ENOSPC): chokidar then only emits an `error`. And some file systems never report
+ * (fs.watch fails with EMFILE or ENOSPC: no watch is set, path-watches.ts says why). And some file systems never report
  * a change (overlayfs whose lower layer is changed, FUSE, NFS, a VM's shared folder): a watch is set, and nothing
  * comes. Either way every later edit went unseen without a word. So the inputs' status (inode, size, times) is
  * also compared every second: a change found so is acted on, and when no event came for it (or a watch failed),
@@ -37,17 +37,16 @@
  * old), unless a file is renamed over it, or SIGHUP takes the inputs as they are (taken()). `onSettling` is told the
  * files waited for (and [] when the wait ends).
  */
-import type { FSWatcher } from 'chokidar';
 import { readdir, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
-import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join } from 'node:path';
 import { inputMatcher, isScriptName, type WatchedInputs } from './watched-inputs.ts';
+import { PathWatches } from './path-watches.ts';
 import { envKnob } from '../config/env-knob.ts';
 
 export class ChangeWatcher {
-  #watcher: FSWatcher | null = null;
+  #watches: PathWatches | null = null;
   #timer: NodeJS.Timeout | null = null;
-  #watching = new Set<string>();
   /** The inputs last watched, and their scripts folders. */
   #inputs: WatchedInputs | null = null;
   #folders = new Set<string>();
@@ -127,49 +126,33 @@ export class ChangeWatcher {
   }
 
   async #watch(inputs: WatchedInputs, fresh: boolean): Promise<void> {
-    // Loaded by the first watch, not at start: the processes of `postern serve` other than the supervisor never
-    // watch (their supervisor tells them to reload), and chokidar cost each ~15 ms of CPU to load.
-    const { watch } = await import('chokidar');
     if (this.#closed) return;
-    // The parent folders of files, the script folders themselves (depth 0: `..data/` style layouts are
-    // entries) and their parents (a script folder replaced as a whole).
-    const targets = new Set([...inputs.files.map((f) => dirname(f)), ...inputs.folders]);
     const isInput = inputMatcher(inputs);
-    // Judged by the new set from now on: the new watcher's events may come before it is ready.
+    // Judged by the new set from now on: events of the new watches may come before they are all set.
     this.#isInput = isInput;
     this.#inputs = inputs;
     this.#folders = new Set(inputs.folders);
-    if (!fresh && this.#watcher && sameSet(targets, this.#watching)) return;
-    // chokidar shares one fs.watch per path between its watchers: while the old one lives, a new one would
-    // get its handle, still on the replaced folder. The gap is covered by the look that follows (#rewatch).
-    if (fresh) {
-      await this.#watcher?.close();
-      this.#watcher = null;
+    const first = this.#watches === null;
+    this.#watches ??= new PathWatches((event, name, watchedPath) => this.#raw(event, name, watchedPath), (err) => this.#watchFailed(err));
+    if (first || fresh) {
+      this.#folderIds = await folderIdentities(watchedFolders(inputs));
+      // The baseline for "shrank": taken at the first watch; an input named later counts from its first size seen.
+      const sizes = await sizesOfInputs(inputs);
+      this.#taken ??= new Map();
+      for (const [file, sized] of sizes) if (!this.#taken.has(file)) this.#taken.set(file, sized);
     }
-    this.#folderIds = await folderIdentities(watchedFolders(inputs));
-    // The baseline for "shrank": taken at the first watch; an input named later counts from its first size seen.
-    const sizes = await sizesOfInputs(inputs);
-    this.#taken ??= new Map();
-    for (const [file, sized] of sizes) if (!this.#taken.has(file)) this.#taken.set(file, sized);
     this.#folderCheck ??= setInterval(() => void this.#checkFolders(), FOLDER_CHECK_MS).unref();
     this.#poll ??= setInterval(() => void this.#pollInputs(), POLL_MS).unref();
-    const watcher = watch([...targets], {
-      ignoreInitial: true,
-      followSymlinks: true,
-      depth: 0, // a swapped `..data` symlink is an event in the folder itself
-      atomic: false, // we debounce ourselves; chokidar's atomic mode would delay and merge differently
-      // Entries of a watched folder that are not inputs get no watch of their own.
-      ignored: (path: string) => { const p = resolve(path); return !targets.has(p) && targets.has(dirname(p)) && !isInput(p); },
-    });
-    watcher.on('all', (_event: string, path: string) => this.#event(path));
-    watcher.on('raw', (event: string, path: string | null, details: unknown) => this.#raw(event, path, (details as { watchedPath?: string } | undefined)?.watchedPath));
-    watcher.on('error', (err: unknown) => this.#watchFailed(err));
-    await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
-    const old = this.#watcher;
-    this.#watcher = watcher;
-    this.#watching = targets;
-    await old?.close();
-    if (this.#closed) await watcher.close();
+    if (this.#closed) return;
+    // The folders of the input files and the scripts folders, their entries (not their subfolders): a file renamed
+    // over an input, deleted and made again, or a swapped `..data` symlink is an event in the folder. And each input
+    // file and script itself: one that is a symlink to a file elsewhere is edited where no watched folder sees it.
+    const targets = new Set([...watchedFolders(inputs), ...inputs.files, ...await scriptsIn(inputs.folders)]);
+    if (this.#closed) return;
+    // The new watches are set before the old ones go: no event falls into a gap between them. Afresh: the paths
+    // may lead elsewhere now (a folder replaced); the look that follows (#rewatch) covers the moment between.
+    for (const path of targets) if (fresh) this.#watches.renew(path); else this.#watches.add(path);
+    this.#watches.keepOnly(targets);
   }
 
   /** A watch could not be set (or broke): changes are found by the poll alone; look at the inputs now. */
@@ -214,12 +197,6 @@ export class ChangeWatcher {
     this.#input(false);
   }
 
-  #event(path: string): void {
-    if (this.#folders.has(resolve(path))) this.#rewatch();
-    if (this.#isInput(path)) this.#input();
-    else this.#other();
-  }
-
   /** A raw fs.watch event: `path` is the entry's name in a watched folder, or the watched file's own name. */
   #raw(event: string, path: string | null, watchedPath: string | undefined): void {
     if (!path || !watchedPath) return this.#input(); // nothing to judge by: count it
@@ -228,6 +205,8 @@ export class ChangeWatcher {
     const file = candidates.find((p) => this.#isInput(p));
     if (!file) return this.#other();
     if (this.#folders.has(file)) this.#rewatch();
+    // Made, removed, or renamed over: its own watch (set on what the path led to before) is set again.
+    else if (event === 'rename' && this.#watchedAlone(file)) this.#watches?.renew(file);
     if (event !== 'change') return this.#input();
     // Start the settle period only after the status read, so it begins after the newest write it saw.
     this.#inFlight++;
@@ -240,6 +219,11 @@ export class ChangeWatcher {
       this.#seen.set(file, identity);
       this.#input();
     });
+  }
+
+  /** An input file, or a script in a scripts folder: watched on its own as well as through its folder. */
+  #watchedAlone(path: string): boolean {
+    return (this.#inputs?.files.includes(path) ?? false) || (this.#folders.has(dirname(path)) && isScriptName(basename(path)));
   }
 
   async #checkFolders(): Promise<void> {
@@ -402,8 +386,7 @@ export class ChangeWatcher {
     if (this.#folderCheck) clearInterval(this.#folderCheck);
     if (this.#poll) clearInterval(this.#poll);
     this.#timer = null;
-    await this.#watcher?.close();
-    this.#watcher = null;
+    this.#watches?.close();
   }
 }
 
@@ -513,6 +496,8 @@ async function folderIdentities(folders: readonly string[]): Promise<string> {
   return ids.join(' ');
 }
 
-function sameSet(a: Set<string>, b: Set<string>): boolean {
-  return a.size === b.size && [...a].every((x) => b.has(x));
+/** The scripts in these folders now (a folder that cannot be read has none). */
+async function scriptsIn(folders: readonly string[]): Promise<string[]> {
+  const lists = await Promise.all(folders.map((f) => readdir(f).then((names) => names.filter(isScriptName).map((n) => join(f, n)), () => [])));
+  return lists.flat();
 }

@@ -38,15 +38,14 @@ test('starting the server\'s modules loads neither Node\'s fetch (undici), nor a
 
 /**
  * prom-client's index (engine/metrics/prom-client-parts.ts: its Pushgateway, Summary and cluster aggregator,
- * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape). chokidar: loaded by
- * the first watch (engine/reload/change-watcher.ts), which a worker or the queue process never makes.
+ * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape).
  * @opentelemetry/api: required by prom-client's process CPU counter for exemplars, never enabled (51 files, ~30 ms).
  * zod's locales but English (engine/config/zod.ts: 63 files, ~35 ms). nodemailer's SMTP client: loaded by the first
  * delivery (engine/delivery/connection-pool.ts), which a worker or a command never makes.
  */
 const NOT_AT_START = [
   /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
-  /node_modules\/(chokidar|readdirp)\//, /node_modules\/@opentelemetry\//, /node_modules\/zod\/v4\/locales\/(?!en\.c?js$)/,
+  /node_modules\/@opentelemetry\//, /node_modules\/zod\/v4\/locales\/(?!en\.c?js$)/,
   /node_modules\/nodemailer\/dist\/cjs\/smtp-connection\//,
 ];
 
