@@ -1,7 +1,8 @@
 // `postern try --session` gives each MAIL FROM and RCPT TO the reply the listener gives: the same commands through a
 // real server (a raw client on its port) and through try, line for line. smtp-server answers many of them before
 // Postern's policy sees them (an address that does not parse, a duplicate or bad parameter, SIZE over the limit, a
-// nested MAIL, RCPT before MAIL, too many recipients); try, which asked the policy alone, said `250` to each.
+// nested MAIL, RCPT before MAIL, too many recipients); try, which asked the policy alone, said `250` to each. So do a
+// HELO and an EHLO without a name (try refused the session file), with two, or with a name smtp-server refuses.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
@@ -25,6 +26,8 @@ listeners:
   });
 });
 after(() => server?.stop());
+
+const HELOS = ['EHLO', 'HELO', 'EHLO a.example b.example', `HELO ${'a'.repeat(301)}`, 'EHLO a\u0001b.example'];
 
 const COMMANDS = [
   'MAIL FROM:<foo>',
@@ -53,6 +56,12 @@ const COMMANDS = [
 ];
 
 test('each MAIL FROM and RCPT TO of a session file gets from try the reply line the listener gives', async () => {
+  // On a connection of their own: the commands below count up to the listener's maxErrors.
+  const heloClient = await SmtpTestClient.connect(server.port('mx'));
+  assert.equal((await heloClient.read()).code, 220);
+  const liveHelos: string[] = [];
+  for (const command of HELOS) liveHelos.push((await heloClient.command(command)).text);
+  await heloClient.quit();
   const client = await SmtpTestClient.connect(server.port('mx'));
   assert.equal((await client.read()).code, 220);
   assert.equal((await client.command('EHLO client.example')).code, 250);
@@ -61,9 +70,13 @@ test('each MAIL FROM and RCPT TO of a session file gets from try the reply line 
   await client.quit();
 
   const session = join(server.dir, 'session.txt');
-  await writeFile(session, ['EHLO client.example', ...COMMANDS].join('\n') + '\n');
+  await writeFile(session, [...HELOS, 'EHLO client.example', ...COMMANDS].join('\n') + '\n');
   const r = await runCli(['try', '--session', session, '-c', join(server.dir, 'postern.yaml'), '--ip', '127.0.0.1', '--json']);
   const steps = (JSON.parse(r.stdout) as { steps: Array<{ step: string; command: string; reply: string }> }).steps;
+  const helos = steps.filter((s) => s.step === 'helo');
+  assert.deepEqual(helos.map((s) => s.command), [...HELOS, 'EHLO client.example'], 'each HELO shown as written, the session going on past the refused ones');
+  assert.deepEqual(helos.slice(0, -1).map((s) => s.reply), liveHelos);
+  assert.deepEqual(liveHelos.map((l) => l.slice(0, 9)), ['501 5.5.4', '501 5.5.4', '501 5.5.4', '501 5.5.2', '501 5.5.2']);
   const tried = steps.filter((s) => s.step === 'mailfrom' || s.step === 'rcptto');
   assert.deepEqual(tried.map((s) => s.command), COMMANDS, 'each command shown as written');
   assert.deepEqual(tried.map((s) => s.reply), live);
