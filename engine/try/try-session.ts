@@ -225,6 +225,9 @@ export class TrySession {
       if (!acceptableHeloName(name)) return asLine(reply('heloNameSyntax'));
       this.state.heloName = name;
       this.state.heloCommand = verb;
+      // An accepted HELO/EHLO ends the transaction, as RSET (RFC 5321 §4.1.4; smtp-server's _resetSession).
+      this.state.transactionId = null;
+      this.#conn.commands.endTransaction();
       return { reply: `250 ${this.built.generation.config.hostname} Nice to meet you, ${this.#conn.clientHostname}`, code: 250 };
     });
   }
