@@ -16,7 +16,7 @@ import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { catalogueReplyFor, refusalContext } from './smtp-server-replies.ts';
-import { RecipientCount, TOO_MANY_RECIPIENTS } from './recipient-count.ts';
+import { RecipientCount, refuseTooMany } from './recipient-count.ts';
 import { parameterControlRefusal } from './parameter-controls.ts';
 
 const requireCjs = createRequire(import.meta.url);
@@ -110,7 +110,7 @@ export class AddressCommands {
     const badParameter = parameterControlRefusal(path);
     if (badParameter) return { code: badParameter.responseCode, reply: `${badParameter.responseCode} ${badParameter.message}` };
     if (verb === 'RCPT' && this.#recipients.full(this.#session, this.#maxRecipients)) {
-      this.#conn.send(TOO_MANY_RECIPIENTS.code, TOO_MANY_RECIPIENTS.text, TOO_MANY_RECIPIENTS.context);
+      refuseTooMany(this.#conn);
       return this.#reply!;
     }
     const handler = verb === 'MAIL' ? SMTPConnection.prototype.handler_MAIL : SMTPConnection.prototype.handler_RCPT;

@@ -19,7 +19,7 @@ import { parseExternalResponse } from './sasl-external.ts';
 import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { catalogueReplyFor, refusalContext, type GreetingWait } from './smtp-server-replies.ts';
-import { RecipientCount, TOO_MANY_RECIPIENTS } from './recipient-count.ts';
+import { RecipientCount, refuseTooMany } from './recipient-count.ts';
 import { parameterControlRefusal } from './parameter-controls.ts';
 import { useMessageStream } from './message-stream.ts';
 import { continueInOrder } from './parser-continue.ts';
@@ -859,7 +859,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // smtp-server counts distinct recipients only (one named again replaces the first, never over the limit): past
     // maxRecipients accepted RCPTs in the transaction, repeated ones too, its own 452, as for a recipient over it.
     if (this.#recipients.full(this.session, maxRecipients)) {
-      this.send(TOO_MANY_RECIPIENTS.code, TOO_MANY_RECIPIENTS.text, TOO_MANY_RECIPIENTS.context);
+      refuseTooMany(this);
       return callback();
     }
     // smtp-server compares with its options' maxRecipients at once, before any callback: the session's for that moment.

@@ -6,8 +6,13 @@
  */
 import type { SMTPServerSession } from 'smtp-server';
 
-/** smtp-server's own reply to a recipient over maxRecipients (its send(code, text, context)), given past the count too. */
-export const TOO_MANY_RECIPIENTS = { code: 452, text: 'Error: too many recipients', context: 'TOO_MANY_RECIPIENTS' } as const;
+/**
+ * smtp-server's own reply to a recipient over maxRecipients, written by `connection` (its send(code, text, context),
+ * which gives it 4.5.3), past the count too. (test/smtp/reply-catalogue reads this send too.)
+ */
+export function refuseTooMany(connection: { send(code: number, data: string, context: string): void }): void {
+  connection.send(452, 'Error: too many recipients', 'TOO_MANY_RECIPIENTS');
+}
 
 export class RecipientCount {
   /** The transaction counted: smtp-server makes a new envelope object for each. */
@@ -23,7 +28,7 @@ export class RecipientCount {
     this.#accepted++;
   }
 
-  /** The session's transaction has had its `maxRecipients` RCPTs accepted (0: no limit): the next gets TOO_MANY_RECIPIENTS. */
+  /** The session's transaction has had its `maxRecipients` RCPTs accepted (0: no limit): the next gets refuseTooMany(). */
   full(session: SMTPServerSession, maxRecipients: number): boolean {
     const accepted = this.#envelope === session.envelope ? this.#accepted : 0;
     return maxRecipients > 0 && !!session.envelope.mailFrom && accepted >= maxRecipients;
