@@ -329,7 +329,7 @@ export class Reloader {
       if (this.#target.current() !== next) { // not in force: refused, as any failure before the swap
         await next.dispose().catch(() => undefined);
         this.#failed = { inputs, digest: readDigest };
-        return this.#fail(t0, [`the new generation could not be swapped in: ${(err as Error).message ?? String(err)}`], log, reason);
+        return this.#fail(t0, [`the new generation could not be swapped in: ${messageOf(err)}`], log, reason);
       }
       this.#afterSwapFailed(log, next.serial, 'what its swap does besides (the old generation let go, the queue told)', err);
     }
@@ -377,8 +377,8 @@ export class Reloader {
 
   /** A step after the swap failed: the generation is in force all the same, and the reload stands. */
   #afterSwapFailed(log: Logger, serial: number, what: string, err: unknown): void {
-    log.warn({ generation: serial, err: { message: (err as Error)?.message ?? String(err) } },
-      `reloaded: generation ${serial} is in force, but ${what} failed: ${(err as Error)?.message ?? String(err)}`);
+    log.warn({ generation: serial, err: { message: messageOf(err) } },
+      `reloaded: generation ${serial} is in force, but ${what} failed: ${messageOf(err)}`);
   }
 
   /** The generation and listener setups for `loaded` (the start's and `postern check`'s build); nothing is left running when it throws. */
@@ -410,8 +410,8 @@ export class Reloader {
       try {
         fn(outcome);
       } catch (err) {
-        this.#target.logger.child({ component: 'reload' }).warn({ err: { message: (err as Error)?.message ?? String(err) } },
-          `a reload's outcome could not be passed on (${(err as Error)?.message ?? String(err)}); the reload ${outcome.ok ? 'stands' : 'was refused'} all the same`);
+        this.#target.logger.child({ component: 'reload' }).warn({ err: { message: messageOf(err) } },
+          `a reload's outcome could not be passed on (${messageOf(err)}); the reload ${outcome.ok ? 'stands' : 'was refused'} all the same`);
       }
     }
     return outcome;
@@ -487,6 +487,10 @@ function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
   // supervisor, which keeps the one it started with; a worker counting by another claimed no slot (restart-needed.ts).
   server.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
   certificateInForce(setup);
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 function errorLines(err: unknown): string[] {
