@@ -111,7 +111,8 @@ async function main(): Promise<void> {
       for (const id of m.ids!) running!.spools.locate(id, m.dir!);
       for (const id of m.ids!) running!.queue.notify(id);
     } else if (m.t === 'reload') {
-      // The supervisor watches the inputs for every process (reload-coordinator.ts) and hears the outcome.
+      // The supervisor watches the inputs for every process (reload-coordinator.ts) and hears the outcome: a reload
+      // does not reject (a failure before the swap is a refusal in the state told, one after it a warning: reloader.ts).
       void running!.reloader.reload(m.reason === 'SIGHUP' ? 'SIGHUP' : 'change').then(tellReloadState, tellReloadState);
     }
   };

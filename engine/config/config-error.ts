@@ -1,3 +1,5 @@
+import { DRAWS_NOTHING } from '../text/draws-nothing.ts';
+
 /** A configuration problem, located: file, line, column and key path. */
 export interface ConfigProblem {
   file: string;
@@ -39,9 +41,12 @@ export function keyPath(path: ReadonlyArray<PropertyKey>): string {
 /**
  * Characters of a key of the file that must not reach a terminal as they are: control characters (an escape
  * sequence clears the screen or retitles the window, a carriage return overwrites the line, a newline makes a line
- * of the file's choosing), format characters (a right-to-left override reverses what follows) and line separators.
+ * of the file's choosing), format characters (a right-to-left override reverses what follows), line separators, and
+ * the other characters that draw nothing (DRAWS_NOTHING, as logs escape them: a key `c<U+3164>eo` read as `ceo`).
  */
-const ODD_CHARACTER = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+const ODD = String.raw`[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]|` + DRAWS_NOTHING;
+const ODD_CHARACTER = new RegExp(ODD, 'u');
+const ODD_OR_QUOTING = new RegExp(String.raw`["\\]|` + ODD, 'gu');
 /** A key is shown up to this many characters: a key of a megabyte would otherwise be printed whole on its line. */
 const SHOWN_KEY_CHARS = 100;
 
@@ -54,9 +59,14 @@ export function isPlainKey(key: string): boolean {
 export function quotedKey(key: string): string {
   const cut = key.length > SHOWN_KEY_CHARS;
   const head = cut ? Array.from(key.slice(0, SHOWN_KEY_CHARS)).join('') : key;
-  const escaped = head.replace(/[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}"\\]/gu, (c) =>
-    ESCAPES[c] ?? `\\u${c.codePointAt(0)!.toString(16).padStart(4, '0')}`);
+  const escaped = head.replace(ODD_OR_QUOTING, (c) =>
+    ESCAPES[c] ?? unicodeEscape(c.codePointAt(0)!));
   return cut ? `"${escaped}…" (${key.length} characters)` : `"${escaped}"`;
+}
+
+/** `\\u200b`; past the Basic Multilingual Plane `\\u{e0100}` (four digits and a fifth would read as another character and a digit). */
+function unicodeEscape(cp: number): string {
+  return cp > 0xffff ? `\\u{${cp.toString(16)}}` : `\\u${cp.toString(16).padStart(4, '0')}`;
 }
 
 const ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '"': '\\"', '\\': '\\\\' };

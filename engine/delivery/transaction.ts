@@ -287,9 +287,12 @@ async function transactionOnce(env: TransactionEnv, plan: DeliveryPlan, all: Tra
           // per message, a host that came back from an outage saying 421 got one connection for each message queued.
           // One of ours still waiting for its greeting (a host that pauses before it greets) tells by that greeting.
           const server = serverOf(address, hop.port);
+          // A reply not in SMTP's form (malformed-replies.ts: a greeting or EHLO reply without a code, or with mixed codes)
+          // came from a host that answered: a protocol error of that host (Postfix), deferred and the next one tried,
+          // not the destination unreachable.
           if (refusedGreeting(e, security) && !tlsFailed && env.pool.presentCount(destination, server) === 0
             && !(await env.pool.greetedElsewhere(destination, server)) && env.pool.presentCount(destination, server) === 0) unreachable = last;
-          else if (tlsFailed || e.code === 'EDNS' || e.responseCode) otherFailure = true;
+          else if (tlsFailed || e.code === 'EDNS' || e.responseCode || malformedReply(e.response)) otherFailure = true;
           else unreachable = last;
           if (security.mode !== 'may' || security.secure || !tlsFailed) continue;
           // Opportunistic TLS failed: the same host in plaintext (Postfix does the same).
@@ -572,6 +575,10 @@ function connectionFailure(e: NodemailerError & { tlsStarted?: boolean }, remote
   }
   // The next hop's words, whether a reply or in nodemailer's message: one bounded line, no control characters.
   const malformed = malformedReply(e.response);
+  // A greeting not in SMTP's form: nodemailer's "Invalid greeting. response=…" was logged as a connection that failed.
+  if (malformed && e.command === 'CONN') {
+    return new DeliveryFailure(`${remote}: protocol error: malformed greeting (${oneLine(malformed)})`, { permanent: false, enhanced: '4.5.0', remoteMta: remote });
+  }
   const reply = e.response && e.responseCode ? ` (${oneLine(e.response)})` : malformed ? ` (${oneLine(malformed)})` : '';
   const base = oneLine(withoutOpensslFrame((e.message || String(e)).replace(/: \d{3}[ -].*$/s, '').replace(/: malformed reply \(.*$/s, '')));
   const tls = e.command === 'STARTTLS' || e.code === 'ETLS' || !!e.tlsStarted;

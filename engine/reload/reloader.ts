@@ -234,6 +234,16 @@ export class Reloader {
     const log = this.#target.logger.child({ component: 'reload' });
     this.status.data.checks++;
     void this.status.save();
+    try {
+      return await this.#compareAndAttempt(reason, t0, log);
+    } catch (err) {
+      // Nothing after the swap throws (#attempt): this failed before it, with the running generation in force. Refused
+      // and said so (status, the supervisor's view), not a rejection that a worker's supervisor never hears of.
+      return this.#fail(t0, errorLines(err), log, reason);
+    }
+  }
+
+  async #compareAndAttempt(reason: string, t0: number, log: Logger): Promise<ReloadOutcome> {
     const forced = reason === 'SIGHUP';
     if (!forced) {
       // Compare with what the running generation was built from; unchanged content is not a reload.
@@ -313,16 +323,40 @@ export class Reloader {
       return this.#fail(t0, [tlsFailure], log, reason);
     }
     // Swap: new sessions (and new transactions) take the new generation; TLS changes apply to new handshakes.
-    this.#target.swap(next);
-    for (const [name, setup] of setups) {
-      const server = this.#target.servers.get(name);
-      if (server) applyListenerSetup(server, setup);
+    try {
+      this.#target.swap(next);
+    } catch (err) {
+      if (this.#target.current() !== next) { // not in force: refused, as any failure before the swap
+        await next.dispose().catch(() => undefined);
+        this.#failed = { inputs, digest: readDigest };
+        return this.#fail(t0, [`the new generation could not be swapped in: ${messageOf(err)}`], log, reason);
+      }
+      this.#afterSwapFailed(log, next.serial, 'what its swap does besides (the old generation let go, the queue told)', err);
     }
+    // In force from here: what the generation in force was built from is recorded at once (state(), which `postern
+    // serve`'s supervisor judges convergence by), and no step after this fails the reload. A step that throws is a
+    // warning of its own: failing the reload there reported it refused (or, in a worker, told nothing of it) while
+    // the new generation ran, and left the content recorded as the old one's.
     this.#digest = readDigest;
     this.#files = Object.fromEntries(readFiles);
     this.#failed = null;
-    if (!this.#external) await this.#watcher.watch(inputs);
-    if (forcedSizes) this.#watcher.taken(forcedSizes);
+    for (const [name, setup] of setups) {
+      const server = this.#target.servers.get(name);
+      try {
+        if (server) applyListenerSetup(server, setup);
+      } catch (err) {
+        this.#afterSwapFailed(log, next.serial, `listener ${name}'s limits and trust`, err);
+      }
+    }
+    if (!this.#external) {
+      try {
+        await this.#watcher.watch(inputs);
+        if (forcedSizes) this.#watcher.taken(forcedSizes);
+      } catch (err) {
+        // The inputs of both generations stay watched (set up before the build), and the poll looks at them too.
+        this.#afterSwapFailed(log, next.serial, 'watching its inputs alone', err);
+      }
+    }
     const ms = performance.now() - t0;
     // Said once when the change is made, not again at each later reload (as postern serve's supervisor does); still in `postern status`.
     for (const p of pendingRestart) log[this.#external || this.#restartsSaid.has(p) ? 'debug' : 'warn']({ change: p }, `configuration change needs a restart: ${p}`);
@@ -332,9 +366,19 @@ export class Reloader {
     if (!this.#external) for (const w of say) log.warn(w.listener ? { listener: w.listener } : {}, w.message);
     log.info({ generation: next.serial, reason, ms: Math.round(ms) }, 'reloaded');
     // Under postern serve the supervisor says it, once for all processes (its reload coordinator's inForce).
-    if (!this.#external) this.readableSecrets.say(built.loaded, log);
-    await this.status.succeeded(next.serial, pendingRestart);
+    try {
+      if (!this.#external) this.readableSecrets.say(built.loaded, log);
+    } catch (err) {
+      this.#afterSwapFailed(log, next.serial, 'the look for secret files others can read', err);
+    }
+    await this.status.succeeded(next.serial, pendingRestart); // its write's failure is its own (ReloadStatus.save)
     return this.#emit({ changed: true, ok: true, errors: [], pendingRestart, ms });
+  }
+
+  /** A step after the swap failed: the generation is in force all the same, and the reload stands. */
+  #afterSwapFailed(log: Logger, serial: number, what: string, err: unknown): void {
+    log.warn({ generation: serial, err: { message: messageOf(err) } },
+      `reloaded: generation ${serial} is in force, but ${what} failed: ${messageOf(err)}`);
   }
 
   /** The generation and listener setups for `loaded` (the start's and `postern check`'s build); nothing is left running when it throws. */
@@ -360,8 +404,16 @@ export class Reloader {
     void settled.finally(() => this.#abandoned.delete(settled));
   }
 
+  /** Each listener told (metrics, a worker's answer to its supervisor); one that throws is logged, not the reload's failure. */
   #emit(outcome: ReloadOutcome): ReloadOutcome {
-    for (const fn of this.#listeners) fn(outcome);
+    for (const fn of this.#listeners) {
+      try {
+        fn(outcome);
+      } catch (err) {
+        this.#target.logger.child({ component: 'reload' }).warn({ err: { message: messageOf(err) } },
+          `a reload's outcome could not be passed on (${messageOf(err)}); the reload ${outcome.ok ? 'stands' : 'was refused'} all the same`);
+      }
+    }
     return outcome;
   }
 
@@ -435,6 +487,10 @@ function applyListenerSetup(server: PosternServer, setup: ListenerSetup): void {
   // supervisor, which keeps the one it started with; a worker counting by another claimed no slot (restart-needed.ts).
   server.tlsHandshakeTimeoutMs = setup.tlsHandshakeTimeoutMs;
   certificateInForce(setup);
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 function errorLines(err: unknown): string[] {

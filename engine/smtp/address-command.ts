@@ -16,6 +16,7 @@ import { canonicalAddress, declaresUtf8, preparedPath } from './envelope-path.ts
 import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { catalogueReplyFor, refusalContext } from './smtp-server-replies.ts';
+import { RecipientCount, refuseTooMany } from './recipient-count.ts';
 import { parameterControlRefusal } from './parameter-controls.ts';
 
 const requireCjs = createRequire(import.meta.url);
@@ -37,8 +38,8 @@ export class AddressCommands {
   readonly #options: SMTPServerOptions;
   readonly #session: SMTPServerSession;
   readonly #maxRecipients: number;
-  /** RCPT commands accepted in this transaction, a recipient named again counted again (PosternConnection's rule). */
-  #rcptsAccepted = 0;
+  /** RCPT commands accepted in this transaction, a recipient named again counted again (the listener's rule). */
+  readonly #recipients = new RecipientCount();
 
   constructor(options: SMTPServerOptions, session: SMTPServerSession, secure: () => boolean, config: Config, maxRecipients: number) {
     const self = this;
@@ -108,22 +109,21 @@ export class AddressCommands {
     if (path instanceof SmtpReply) return { code: path.responseCode, reply: `${path.responseCode} ${path.message}` };
     const badParameter = parameterControlRefusal(path);
     if (badParameter) return { code: badParameter.responseCode, reply: `${badParameter.responseCode} ${badParameter.message}` };
-    if (verb === 'RCPT' && this.#maxRecipients > 0 && this.#session.envelope.mailFrom && this.#rcptsAccepted >= this.#maxRecipients) {
-      this.#conn.send(452, 'Error: too many recipients', 'TOO_MANY_RECIPIENTS');
+    if (verb === 'RCPT' && this.#recipients.full(this.#session, this.#maxRecipients)) {
+      refuseTooMany(this.#conn);
       return this.#reply!;
     }
     const handler = verb === 'MAIL' ? SMTPConnection.prototype.handler_MAIL : SMTPConnection.prototype.handler_RCPT;
     await new Promise<void>((resolve) => handler.call(this.#conn, path, () => resolve()));
     const failure = this.#failure as { err: unknown } | null;
     if (failure) throw failure.err;
-    if (verb === 'RCPT' && this.#reply!.code < 300) this.#rcptsAccepted++;
+    if (verb === 'RCPT' && this.#reply!.code < 300) this.#recipients.accepted(this.#session);
     return this.#reply!;
   }
 
   /** The transaction ended (its message taken, or RSET): a fresh envelope, recipients counted afresh. */
   endTransaction(): void {
-    this.#session.envelope = freshEnvelope(this.#options);
-    this.#rcptsAccepted = 0;
+    this.#session.envelope = freshEnvelope(this.#options); // a new transaction: counted afresh (recipient-count.ts)
     (this.#conn as unknown as { _rcptIndex: Map<string, number> })._rcptIndex = new Map();
   }
 }

@@ -19,6 +19,7 @@ import { parseExternalResponse } from './sasl-external.ts';
 import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { catalogueReplyFor, refusalContext, type GreetingWait } from './smtp-server-replies.ts';
+import { RecipientCount, refuseTooMany } from './recipient-count.ts';
 import { parameterControlRefusal } from './parameter-controls.ts';
 import { useMessageStream } from './message-stream.ts';
 import { continueInOrder } from './parser-continue.ts';
@@ -488,7 +489,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     this.#nextReply = null;
     this.#answered();
     if (code < 400) this.#wasUseful();
-    if (code < 300 && this.#stage === 'RCPT') this.#rcptAccepted();
+    if (code < 300 && this.#stage === 'RCPT') this.#recipients.accepted(this.session);
     const addressCommand = this.#addressCommand;
     this.#addressCommand = null;
     batchReply(this._socket as net.Socket);
@@ -533,23 +534,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     this.#counted(code, Array.isArray(data) ? data.join(' ') : data ?? '', null);
   }
 
-  /**
-   * RCPT commands accepted in the transaction of `#accepted.envelope` (smtp-server's, a new object per transaction),
-   * a recipient named again counted again, as Postfix's smtpd_recipient_limit counts them: smtp-server takes one
-   * named again as a replacement, never over maxRecipients, so RCPT TO of one address was accepted without end in one
-   * transaction, each running the rcptto script, where every other command a session can repeat is bounded.
-   */
-  #accepted: { envelope: object | null; rcpts: number } = { envelope: null, rcpts: 0 };
-
-  #rcptsAccepted(envelope: object): number {
-    return this.#accepted.envelope === envelope ? this.#accepted.rcpts : 0;
-  }
-
-  #rcptAccepted(): void {
-    const envelope = this.session.envelope;
-    if (this.#accepted.envelope !== envelope) this.#accepted = { envelope, rcpts: 0 };
-    this.#accepted.rcpts++;
-  }
+  /** RCPT commands accepted in the transaction, a recipient named again counted again (recipient-count.ts). */
+  readonly #recipients = new RecipientCount();
 
   /** The command being answered waited for us since #askedAt: that wait is not the client's idleness. */
   #answered(): void {
@@ -872,8 +858,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     const maxRecipients = this.state.listener.limits.maxRecipients;
     // smtp-server counts distinct recipients only (one named again replaces the first, never over the limit): past
     // maxRecipients accepted RCPTs in the transaction, repeated ones too, its own 452, as for a recipient over it.
-    if (maxRecipients > 0 && this.session.envelope.mailFrom && this.#rcptsAccepted(this.session.envelope) >= maxRecipients) {
-      this.send(452, 'Error: too many recipients', 'TOO_MANY_RECIPIENTS');
+    if (this.#recipients.full(this.session, maxRecipients)) {
+      refuseTooMany(this);
       return callback();
     }
     // smtp-server compares with its options' maxRecipients at once, before any callback: the session's for that moment.

@@ -81,8 +81,9 @@ export async function runSessionFile(session: TrySession, commands: readonly Ses
       case 'quit': return summarize(steps);
     }
     steps.push(result);
-    // A refused greeting or TLS ends the session, as a 421 or a dropped connection would.
-    if (refused(result) && (c.kind === 'helo' || c.kind === 'starttls' || /^421 /.test(result.reply))) break;
+    // A refused greeting or TLS ends the session, as a 421 or a dropped connection would. Not a HELO/EHLO the listener
+    // found malformed (501: no name, two words, a control character): it reads the client's next command, a correct one.
+    if (refused(result) && ((c.kind === 'helo' && !/^501 /.test(result.reply)) || c.kind === 'starttls' || /^421 /.test(result.reply))) break;
   }
   return summarize(steps);
 }

@@ -43,8 +43,8 @@ export function readSessionFile(file: string): SessionCommand[] {
     const [verb = '', ...rest] = text.split(/\s+/);
     switch (verb.toUpperCase()) {
       case 'EHLO': case 'HELO':
-        if (rest.length !== 1) fail(line, `${verb} needs one name`);
-        out.push({ kind: 'helo', verb: verb.toUpperCase() as 'EHLO', name: rest[0]!, line });
+        // Without a name, or with more than one word: the listener's 501 5.5.4, which try gives as it does.
+        out.push({ kind: 'helo', verb: verb.toUpperCase() as 'EHLO', name: rest.join(' '), line });
         break;
       case 'STARTTLS': out.push({ kind: 'starttls', line }); break;
       case 'AUTH': {

@@ -103,8 +103,8 @@ export class TrySession {
   readonly #logger: Logger;
   #handshake: LoopbackHandshake | null = null;
   #calls: HookCall[] = [];
-  /** The message of the last DATA, for a predelivery step after it. */
-  #predelivery: { id: string; size: number; sender: string; recipients: string[] } | null = null;
+  /** The message of the last DATA, for a predelivery step after it; `held`: accepted on hold by its script. */
+  #predelivery: { id: string; size: number; sender: string; recipients: string[]; held?: StepResult['held'] } | null = null;
   readonly #stopObserving: () => void;
 
   private constructor(built: BuiltGeneration, logger: Logger, logs: LogLine[], facts: TryFacts) {
@@ -212,12 +212,22 @@ export class TrySession {
     return socket;
   }
 
+  /** HELO or EHLO with `name` as the client writes it after the verb (none, or two words: the listener's 501). */
   async helo(name: string, verb: 'HELO' | 'EHLO' = 'EHLO'): Promise<StepResult> {
-    return this.#step('helo', `${verb} ${name}`, async () => {
+    const args = name.trim() ? name.trim().split(/\s+/) : [];
+    return this.#step('helo', [verb, ...args].join(' '), async () => {
+      // smtp-server's checks, which the listener runs around the helo hook (PosternConnection#helo): the hook is
+      // asked only for a command with one argument, and the name's characters are judged after it.
+      if (args.length !== 1) return asLine(reply(verb === 'EHLO' ? 'ehloSyntax' : 'heloSyntax'));
+      name = args[0]!;
       const decided = await this.#policy.helo(this.#conn, name, verb);
       if (decided) return asLine(decided);
+      if (!acceptableHeloName(name)) return asLine(reply('heloNameSyntax'));
       this.state.heloName = name;
       this.state.heloCommand = verb;
+      // An accepted HELO/EHLO ends the transaction, as RSET (RFC 5321 §4.1.4; smtp-server's _resetSession).
+      this.state.transactionId = null;
+      this.#conn.commands.endTransaction();
       return { reply: `250 ${this.built.generation.config.hostname} Nice to meet you, ${this.#conn.clientHostname}`, code: 250 };
     });
   }
@@ -288,12 +298,13 @@ export class TrySession {
       // The body as the script's ctx.message.text() reads it: after the empty line that ends the header section.
       const bodyAt = headers.sectionBytes < 0 ? message.length : headers.bodyAt(message[headers.sectionBytes]);
       const { reply: decided, hold } = await this.#policy.data(this.#conn, session, id, clientBytes, () => headers.headers(), (max) => message.subarray(bodyAt, bodyAt + max));
-      this.#predelivery = { id, size: message.length, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipients: session.envelope.rcptTo.map((r) => r.address) };
-      st.transactionId = null;
-      this.#conn.commands.endTransaction();
       const line = asLine(decided ?? reply('queued', { id }));
       // A hold comes only with an accept (verdict.ts): the 250 is the client's, the message waits in the queue.
-      return hold && line.code < 400 ? { ...line, held: hold } : line;
+      const held = hold && line.code < 400 ? hold : undefined;
+      this.#predelivery = { id, size: message.length, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipients: session.envelope.rcptTo.map((r) => r.address), ...(held ? { held } : {}) };
+      st.transactionId = null;
+      this.#conn.commands.endTransaction();
+      return held ? { ...line, held } : line;
     });
   }
 
@@ -318,15 +329,22 @@ export class TrySession {
       destination,
       session: spooledSession(this.#conn),
     };
+    const held = 'held' in message ? message.held : undefined;
     return this.#step('predelivery', `predelivery of ${message.id} to ${domain}`, async () => {
       const decision = await runPredelivery(this.built.generation, ctx, this.#logger);
+      let line: { reply: string; code: number };
       if (decision.action === 'deliver') {
         const host = decision.host ?? destination.host;
         const port = decision.port ?? destination.port;
-        return { reply: `deliver to ${host}:${port}${decision.implicitTls ?? destination.implicitTls ? ' (implicit TLS)' : ''}${Object.keys(decision.tls).length ? ` tls=${JSON.stringify(decision.tls)}` : ''}`, code: 250 };
+        line = { reply: `deliver to ${host}:${port}${decision.implicitTls ?? destination.implicitTls ? ' (implicit TLS)' : ''}${Object.keys(decision.tls).length ? ` tls=${JSON.stringify(decision.tls)}` : ''}`, code: 250 };
+      } else {
+        line = { reply: decision.failure.message, code: decision.action === 'reject' ? 550 : 450 };
       }
-      const f = decision.failure;
-      return { reply: f.message, code: decision.action === 'reject' ? 550 : 450 };
+      if (!held) return line;
+      // A held message is not attempted (the queue runner skips it) until `postern queue release`: nothing is delivered
+      // now. The hook's decision is what its first attempt after the release would do.
+      const then = line.code < 400 ? line.reply : `${decision.action} (${line.reply})`;
+      return { reply: `on hold, not delivered until postern queue release ${message.id}; once released: ${then}`, code: 250, held };
     });
   }
 
@@ -375,6 +393,15 @@ class TryConnection implements SmtpClient {
 function splitListen(listen: string): [string, number] {
   const sep = listen.lastIndexOf(':');
   return [listen.slice(0, sep).replace(/^\[|\]$/g, ''), Number(listen.slice(sep + 1))];
+}
+
+/**
+ * smtp-server's judgement of a HELO/EHLO name (smtp-connection.js isAcceptableHeloHostname), which the listener leaves
+ * to it: at most 300 characters, no C0 or C1 control character. test/try/listener-parity holds the two together.
+ */
+function acceptableHeloName(name: string): boolean {
+  // eslint-disable-next-line no-control-regex
+  return name.length <= 300 && !/[\x00-\x1f\x7f-\x9f]/.test(name);
 }
 
 function asLine(r: SmtpReply): { reply: string; code: number } {

@@ -14,6 +14,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCli } from '../helpers/cli.ts';
+import { parseConfig } from '../../engine/config/load-config.ts';
+import { ConfigError } from '../../engine/config/config-error.ts';
 
 const LISTENER = 'listeners:\n  - name: inbound\n    listen: 127.0.0.1:0\n';
 
@@ -38,6 +40,24 @@ test('postern check shows a key with control characters escaped, on one line of 
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('a key with characters that draw nothing is shown escaped, not as the key it reads as', () => {
+  // A Hangul filler and a combining grapheme joiner draw nothing, and are no control or format character: the line read
+  // `ceo: Unrecognized key: "ceo"` for a key that is not ceo. As the log escapes them (engine/text/draws-nothing.ts).
+  // A variation selector after a pictograph selects its presentation: it draws, and stays as written.
+  const problems = (yaml: string): string => {
+    try {
+      parseConfig(yaml, 'postern.yaml', '/');
+    } catch (err) {
+      assert.ok(err instanceof ConfigError, String(err));
+      return err.message;
+    }
+    throw new Error('parsed');
+  };
+  assert.equal(problems(`c\u3164eo: 1\n${LISTENER}`), 'postern.yaml:1:1: "c\\u3164eo": Unrecognized key: "c\\u3164eo"');
+  assert.equal(problems(`"a\u034fb\u{e0100}": 1\n${LISTENER}`), 'postern.yaml:1:1: "a\\u034fb\\u{e0100}": Unrecognized key: "a\\u034fb\\u{e0100}"');
+  assert.equal(problems(`\u2764\ufe0f: 1\n${LISTENER}`), 'postern.yaml:1:1: \u2764\ufe0f: Unrecognized key: "\u2764\ufe0f"');
 });
 
 test('postern check on long unknown keys: each line short, and done', { timeout: 600_000 }, async () => {

@@ -144,3 +144,36 @@ test('MAIL answered with mixed codes: the transaction is deferred (the reply log
     peer.close();
   }
 });
+
+test('a greeting with no reply code, then one with mixed codes: each a protocol error of that host (deferred, 4.5.0, named so), the destination not taken for unreachable', async () => {
+  // Postfix: a malformed greeting is that host's protocol error, the mail tried again later (and the next MX host
+  // now). It was "connection failed: Invalid greeting…" (4.4.1), and suspended the destination as one that answers nothing.
+  const greetings = ['peer ESMTP ready\r\n', '220-peer ESMTP\r\n554 5.7.1 go away\r\n'];
+  const peer = await startScriptedPeer({
+    greeting: (s) => {
+      const odd = greetings.shift();
+      if (odd === undefined) return undefined;
+      s.write(odd);
+      return 'answered';
+    },
+  });
+  const s = await relayingTo(peer.port);
+  try {
+    const id = await s.send('a@example.test', ['b@example.test']);
+    const replies: string[] = [];
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const e = await s.nextAttempt((a) => a.id === id && a.attempt === attempt, { timeoutMs: 30_000, past: true });
+      assert.deepEqual([e.outcomes[0]?.status, e.outcomes[0]?.enhanced], ['temporary', '4.5.0'], JSON.stringify(e.outcomes));
+      replies.push(e.outcomes[0]!.reply.replace(/^\S+: /, ''));
+    }
+    assert.deepEqual(replies, [
+      'protocol error: malformed greeting (no reply code: peer ESMTP ready)',
+      'protocol error: malformed greeting (its lines do not share one reply code: 220-peer ESMTP 554 5.7.1 go away)',
+    ]);
+    await s.nextAttempt((e) => e.id === id && e.removed, { timeoutMs: 30_000, past: true });
+    assert.deepEqual(s.logs.filter((l) => /delivery temporarily suspended/.test(String(l.msg))).map((l) => l.msg), [], 'a host that answered is not unreachable');
+  } finally {
+    await s.stop();
+    peer.close();
+  }
+});

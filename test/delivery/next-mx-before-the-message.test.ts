@@ -18,6 +18,8 @@ const primaries: Record<string, PeerHooks> = {
   'mail451': { mail: (s) => { s.write('451 4.7.1 greylisted, try again later\r\n'); return 'answered'; } },
   'mail421': { mail: (s) => { s.end('421 4.3.2 shutting down\r\n'); return 'stop'; } },
   'ehlo421': { ehlo: (s) => { s.end('421 4.3.2 shutting down\r\n'); return 'stop'; } },
+  // A greeting not in SMTP's form (no reply code): that host's protocol error, as Postfix takes it (malformed-replies.ts).
+  'greetmalformed': { greeting: (s) => { s.write('mx1 ESMTP ready\r\n'); return 'answered'; } },
   'rcpt450': { rcpt: (s) => { s.write('450 4.2.0 greylisted\r\n'); return 'answered'; } },
   // One recipient refused for good, the other greylisted: only the greylisted one goes on.
   'rcptmixed': { rcpt: (s, line) => { s.write(/<gone@/.test(line) ? '550 5.1.1 no such user\r\n' : '451 4.7.1 greylisted\r\n'); return 'answered'; } },
@@ -34,7 +36,7 @@ test('a first MX that fails before it has the message: the backup MX gets it in 
   const seen: Record<string, number> = {};
   for (const [i, name] of names.entries()) {
     const hooks = primaries[name]!;
-    const counted: PeerHooks = { ...hooks, greeting: (_s: net.Socket) => { seen[name] = (seen[name] ?? 0) + 1; } };
+    const counted: PeerHooks = { ...hooks, greeting: (peer: net.Socket) => { seen[name] = (seen[name] ?? 0) + 1; return hooks.greeting?.(peer); } };
     peers.push(await startScriptedPeer(counted, `127.0.0.${i + 2}`, backup.port));
   }
   const mx = Object.fromEntries(names.map((n) => [`${n}.test`, [{ exchange: `mx1.${n}.test`, priority: 10 }, { exchange: `mx2.${n}.test`, priority: 20 }]]));
@@ -60,7 +62,7 @@ test('a first MX that fails before it has the message: the backup MX gets it in 
     }
     const atBackup = (name: string): string[] => backup.messages.filter((m) => m.to.some((t) => t.endsWith(`@${name}.test`))).flatMap((m) => m.to).sort();
     const both = (name: string, status: string): string[] => [`b@${name}.test ${status}`, `c@${name}.test ${status}`];
-    for (const name of ['mail451', 'mail421', 'ehlo421', 'rcpt450', 'datadrop']) {
+    for (const name of ['mail451', 'mail421', 'ehlo421', 'greetmalformed', 'rcpt450', 'datadrop']) {
       assert.deepEqual(first[name], both(name, 'delivered'), `${name}: delivered by the backup MX in the first attempt`);
       assert.deepEqual(atBackup(name), [`b@${name}.test`, `c@${name}.test`], `${name}: once each at the backup`);
     }

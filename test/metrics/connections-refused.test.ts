@@ -44,6 +44,7 @@ before(async () => {
         testListener('smtps-rate', { tls: smtps, limits: { connectionRatePerIp: { count: 1, windowSeconds: 3600 } } }),
         testListener('smtps-require', { tls: { ...asking, clientCertificates: 'require' } }),
         testListener('smtps-strict', { tls: { ...asking, clientCertificates: 'request', strict: true } }),
+        testListener('starttls-strict', { tls: { ...asking, mode: 'starttls', clientCertificates: 'request', strict: true } }),
         testListener('untrusted', { tls: { mode: 'none' }, proxyProtocol: { trusted: ['10.0.0.0/8'] } }),
         testListener('proxied', { tls: { mode: 'none' }, proxyProtocol: { trusted: ['127.0.0.0/8'] } }),
       ],
@@ -57,6 +58,13 @@ after(() => server?.stop());
 async function refused(listener: string): Promise<Record<string, number>> {
   const out: Record<string, number> = {};
   for (const v of (await metrics.connectionsRefused.get()).values) if (v.labels.listener === listener) out[String(v.labels.reason)] = v.value;
+  return out;
+}
+
+/** postern_smtp_refusals_total's series for `listener`, as `stage class reason`. */
+function refusals(listener: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const v of metrics.refusals.get().values) if (v.labels.listener === listener) out[`${v.labels.stage} ${v.labels.class} ${v.labels.reason}`] = v.value;
   return out;
 }
 
@@ -87,11 +95,16 @@ async function oneOver(listener: string): Promise<void> {
   over.c.destroy();
 }
 
-const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> = [
-  { listener: 'cap', reason: 'max-connections', drive: () => oneOver('cap') },
-  { listener: 'perip', reason: 'per-ip-limit', drive: () => oneOver('perip') },
+/**
+ * `refusals`: what postern_smtp_refusals_total counts of it (a command's refusal: none for a connection closed
+ * before any SMTP; one at CONNECT for the 421 in place of the greeting, and for tls.strict's close on implicit TLS,
+ * which stands for its 421 4.7.1).
+ */
+const ROWS: Array<{ listener: string; reason: string; refusals: Record<string, number>; drive(): Promise<void> }> = [
+  { listener: 'cap', reason: 'max-connections', refusals: { 'CONNECT 4xx limits.maxConnections': 1 }, drive: () => oneOver('cap') },
+  { listener: 'perip', reason: 'per-ip-limit', refusals: { 'CONNECT 4xx limits.maxConnectionsPerIp': 1 }, drive: () => oneOver('perip') },
   {
-    listener: 'rate', reason: 'connection-rate',
+    listener: 'rate', reason: 'connection-rate', refusals: { 'CONNECT 4xx limits.connectionRatePerIp': 1 },
     async drive() {
       const first = await greeting('rate');
       assert.equal(first.code, 220);
@@ -102,7 +115,7 @@ const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> 
     },
   },
   {
-    listener: 'early', reason: 'greeting-pause',
+    listener: 'early', reason: 'greeting-pause', refusals: { 'CONNECT 4xx limits.greetingDelayMs: the client talked before the greeting': 1 },
     async drive() {
       const c = await SmtpTestClient.connect(server.port('early'));
       c.socket.write('EHLO early.example\r\n');
@@ -111,7 +124,7 @@ const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> 
     },
   },
   {
-    listener: 'authlimit', reason: 'auth-failures',
+    listener: 'authlimit', reason: 'auth-failures', refusals: { 'AUTH 5xx authentication failed': 1, 'CONNECT 4xx limits.authFailuresPerIp': 1 },
     async drive() {
       const first = await greeting('authlimit', '127.0.0.7');
       await first.c.command('EHLO client.example');
@@ -123,7 +136,7 @@ const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> 
     },
   },
   {
-    listener: 'smtps-perip', reason: 'per-ip-limit',
+    listener: 'smtps-perip', reason: 'per-ip-limit', refusals: {},
     async drive() {
       // Two held without a handshake (one over the limit may still read its 421 after TLS); the third is closed before TLS.
       const held = [net.connect(server.port('smtps-perip'), '127.0.0.1'), net.connect(server.port('smtps-perip'), '127.0.0.1')];
@@ -135,7 +148,7 @@ const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> 
     },
   },
   {
-    listener: 'smtps-rate', reason: 'connection-rate',
+    listener: 'smtps-rate', reason: 'connection-rate', refusals: {},
     async drive() {
       const first = await SmtpTestClient.connect(server.port('smtps-rate'), { implicitTls: { ca, servername: 'localhost' } });
       assert.equal((await first.read()).code, 220);
@@ -144,7 +157,7 @@ const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> 
     },
   },
   {
-    listener: 'smtps-require', reason: 'client-certificate',
+    listener: 'smtps-require', reason: 'client-certificate', refusals: { 'CONNECT 4xx tls.clientCertificates: require': 1 },
     async drive() {
       const c = await SmtpTestClient.connect(server.port('smtps-require'), { implicitTls: { ca, servername: 'localhost' } });
       assert.equal((await c.read()).text, '421 4.7.1 No client certificate presented');
@@ -152,26 +165,45 @@ const ROWS: Array<{ listener: string; reason: string; drive(): Promise<void> }> 
     },
   },
   {
-    listener: 'smtps-strict', reason: 'client-certificate',
+    listener: 'smtps-strict', reason: 'client-certificate', refusals: { 'CONNECT 4xx tls.strict: untrusted client certificate': 1 },
     async drive() {
       const c = await SmtpTestClient.connect(server.port('smtps-strict'), { implicitTls: stranger }).catch(() => null);
       if (c) await c.waitClosed();
     },
   },
-  { listener: 'untrusted', reason: 'untrusted-proxy', drive: () => closedUnanswered('untrusted') },
-  { listener: 'proxied', reason: 'proxy-header', drive: () => closedUnanswered('proxied', 'NOT A PROXY HEADER\r\n') },
+  { listener: 'untrusted', reason: 'untrusted-proxy', refusals: {}, drive: () => closedUnanswered('untrusted') },
+  { listener: 'proxied', reason: 'proxy-header', refusals: {}, drive: () => closedUnanswered('proxied', 'NOT A PROXY HEADER\r\n') },
 ];
 
 for (const row of ROWS) {
   test(`${row.listener}: one refused connection counted once, as ${row.reason}`, { timeout: 90_000 }, async () => {
     const before = await refused(row.listener);
+    const refusalsBefore = refusals(row.listener);
     const mark = server.logs.length;
     await row.drive();
     const after = await refused(row.listener);
     const moved = Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, d]) => d !== 0));
     assert.deepEqual(moved, { [row.reason]: 1 });
+    const refusalsMoved = Object.fromEntries(Object.entries(refusals(row.listener)).map(([k, v]) => [k, v - (refusalsBefore[k] ?? 0)]).filter(([, d]) => d !== 0));
+    assert.deepEqual(refusalsMoved, row.refusals);
     // Its decision line (written as it is refused); a client's doing is never a warning or an error.
     await until('its decision line', () => server.logs.slice(mark).some((l) => l.decision === 'reject' || l.decision === 'defer'));
     assert.deepEqual(server.logs.slice(mark).filter((l) => Number(l.level) >= 40).map((l) => l.msg), []);
   });
 }
+
+test('tls.strict after STARTTLS: the close is one refusal at STARTTLS under its reason, not a refused connection', { timeout: 90_000 }, async () => {
+  const listener = 'starttls-strict';
+  const before = await refused(listener);
+  const refusalsBefore = refusals(listener);
+  const mark = server.logs.length;
+  const c = await SmtpTestClient.connect(server.port(listener));
+  assert.equal((await c.read()).code, 220);
+  assert.equal((await c.command('EHLO client.example')).code, 250);
+  await c.starttls(stranger).catch(() => undefined);
+  await c.waitClosed();
+  await until('its decision line', () => server.logs.slice(mark).some((l) => l.decision === 'defer'));
+  const moved = Object.fromEntries(Object.entries(refusals(listener)).map(([k, v]) => [k, v - (refusalsBefore[k] ?? 0)]).filter(([, d]) => d !== 0));
+  assert.deepEqual(moved, { 'STARTTLS 4xx tls.strict: untrusted client certificate': 1 });
+  assert.deepEqual(await refused(listener), before, 'the connection was taken: refused at STARTTLS, not at connect');
+});

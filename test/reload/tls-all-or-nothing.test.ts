@@ -1,10 +1,14 @@
 /**
- * A listener's TLS settings change all or nothing. smtp-server's updateSecureContext merged the new options and
+ * What a reload does around its swap is honest about which generation runs. A listener's TLS settings change all or nothing. smtp-server's updateSecureContext merged the new options and
  * emptied its context map before OpenSSL read them: a refusal there left the listener without a context, and every
  * later handshake failed. And a reload applied them after swapping in the new generation, so a refusal failed the
  * reload with the new generation in force (reported as reloaded under postern serve). Now what OpenSSL refuses
  * fails the reload before the swap, every listener keeping its certificate. Real TLS handshakes with the listeners
  * tell which certificate each presents; OpenSSL's refusal is real (a key that is no key, given to the real method).
+ * And a step after the swap that throws (what the swap does besides putting the generation in force, passing the
+ * outcome on: under postern serve a worker's answer to its supervisor) failed the reload with the new generation in
+ * force, and left the content recorded as the old one's (the supervisor's convergence view): now each such step is a
+ * warning of its own, and the reload stands.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -77,6 +81,34 @@ listeners:
     assert.equal(await presented(s, 'a', ca), rotated);
     assert.equal(await presented(s, 'b', ca), rotated);
   } finally {
+    await s.stop();
+  }
+});
+
+test('a step after the swap that throws: the new generation is in force and the reload stands, the failure a warning of its own', { timeout: 120_000 }, async () => {
+  const s = await startTestServer({ config: 'listeners:\n  - { name: a, listen: 127.0.0.1:0, tls: { mode: none } }\n' });
+  const stopTelling = s.reloader.onReload(() => { throw new Error('the channel to the supervisor is closed'); });
+  try {
+    const serial = s.runtime.generation.serial;
+    const reloads = s.reloader.status.data.reloads;
+    const digest = s.reloader.state().digest;
+    // The queue runner told of the new generation (the last thing the swap does), throwing.
+    s.queue.reconfigured = () => { throw new Error('the queue runner could not be told'); };
+    const mark = s.logs.length;
+    await writeFile(join(s.dir, 'postern.yaml'), `${await readFile(join(s.dir, 'postern.yaml'), 'utf8')}# edited\n`);
+    const outcome = await s.reloader.reload('SIGHUP');
+    assert.deepEqual([outcome.ok, outcome.errors], [true, []]);
+    assert.ok(s.runtime.generation.serial > serial, 'the new generation is in force');
+    assert.deepEqual([s.reloader.status.data.lastError, s.reloader.status.data.reloads > reloads], [null, true], 'status: reloaded, not refused');
+    assert.notEqual(s.reloader.state().digest, digest, 'the content in force is recorded as the new one');
+    const warned = s.logs.slice(mark).filter((l) => l.level === 40).map((l) => String(l.msg));
+    assert.ok(warned.some((m) => /^reloaded: generation \d+ is in force, but what its swap does besides .* failed: the queue runner could not be told$/.test(m)), warned.join('\n'));
+    assert.ok(warned.some((m) => /could not be passed on \(the channel to the supervisor is closed\); the reload stands all the same$/.test(m)), warned.join('\n'));
+    // Nothing left to do: the inputs on disk are the ones in force (a change would be built again).
+    delete (s.queue as { reconfigured?: unknown }).reconfigured;
+    assert.equal((await s.reloader.reload('change')).changed, false);
+  } finally {
+    stopTelling();
     await s.stop();
   }
 });

@@ -1,7 +1,9 @@
 // `postern try --session` gives each MAIL FROM and RCPT TO the reply the listener gives: the same commands through a
 // real server (a raw client on its port) and through try, line for line. smtp-server answers many of them before
 // Postern's policy sees them (an address that does not parse, a duplicate or bad parameter, SIZE over the limit, a
-// nested MAIL, RCPT before MAIL, too many recipients); try, which asked the policy alone, said `250` to each.
+// nested MAIL, RCPT before MAIL, too many recipients); try, which asked the policy alone, said `250` to each. So do a
+// HELO and an EHLO without a name (try refused the session file), with two, or with a name smtp-server refuses; and an
+// EHLO in a transaction, which ends it as RSET does (try kept the sender: the RCPT after it got 250, not 503).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
@@ -25,6 +27,9 @@ listeners:
   });
 });
 after(() => server?.stop());
+
+const HELOS = ['EHLO', 'HELO', 'EHLO a.example b.example', `HELO ${'a'.repeat(301)}`, 'EHLO a\u0001b.example',
+  'EHLO a.example', 'MAIL FROM:<a@example.net>', 'EHLO b.example', 'RCPT TO:<b@example.com>'];
 
 const COMMANDS = [
   'MAIL FROM:<foo>',
@@ -53,6 +58,13 @@ const COMMANDS = [
 ];
 
 test('each MAIL FROM and RCPT TO of a session file gets from try the reply line the listener gives', async () => {
+  // On a connection of their own: the commands below count up to the listener's maxErrors.
+  const heloClient = await SmtpTestClient.connect(server.port('mx'));
+  assert.equal((await heloClient.read()).code, 220);
+  const liveHelos: string[] = [];
+  // An EHLO's first line (try shows no extensions).
+  for (const command of HELOS) liveHelos.push((await heloClient.command(command)).text.split('\n')[0]!.replace(/^250-/, '250 '));
+  await heloClient.quit();
   const client = await SmtpTestClient.connect(server.port('mx'));
   assert.equal((await client.read()).code, 220);
   assert.equal((await client.command('EHLO client.example')).code, 250);
@@ -61,10 +73,15 @@ test('each MAIL FROM and RCPT TO of a session file gets from try the reply line 
   await client.quit();
 
   const session = join(server.dir, 'session.txt');
-  await writeFile(session, ['EHLO client.example', ...COMMANDS].join('\n') + '\n');
+  await writeFile(session, [...HELOS, 'EHLO client.example', ...COMMANDS].join('\n') + '\n');
   const r = await runCli(['try', '--session', session, '-c', join(server.dir, 'postern.yaml'), '--ip', '127.0.0.1', '--json']);
   const steps = (JSON.parse(r.stdout) as { steps: Array<{ step: string; command: string; reply: string }> }).steps;
-  const tried = steps.filter((s) => s.step === 'mailfrom' || s.step === 'rcptto');
+  const played = steps.filter((s) => s.step !== 'connect');
+  const helos = played.slice(0, HELOS.length);
+  assert.deepEqual(helos.map((s) => s.command), HELOS, 'each HELO shown as written, the session going on past the refused ones');
+  assert.deepEqual(helos.map((s) => s.reply), liveHelos);
+  assert.deepEqual(liveHelos.map((l) => l.slice(0, 9)), ['501 5.5.4', '501 5.5.4', '501 5.5.4', '501 5.5.2', '501 5.5.2', '250 local', '250 2.1.0', '250 local', '503 5.5.1']);
+  const tried = played.slice(HELOS.length + 1);
   assert.deepEqual(tried.map((s) => s.command), COMMANDS, 'each command shown as written');
   assert.deepEqual(tried.map((s) => s.reply), live);
   // What the cases are about: smtp-server's refusals, not 250s; the last, a recipient named again past maxRecipients,

@@ -275,11 +275,16 @@ test('data held by its script (accept with hold): outcome hold, exit 4, the hold
   assert.match(held.stdout, /^outcome: hold \(exit 4\)$/m);
   const j = json(await here('data', { config: laptop.config, scripts, ip: '127.0.0.1', helo: 'laptop', from: 'a@example.com', to: ['b@elsewhere.example'], header: ['Subject: your invoice'], json: true }));
   assert.deepEqual([j.outcome, j.exitCode, last(j).outcome, (last(j) as { held?: { reason: string } }).held?.reason], ['hold', 4, 'hold', 'looks like an invoice']);
-  // A session file: the held message does not end the session, and a later refusal is still the outcome.
+  // A session file: the held message does not end the session, and a later refusal is still the outcome. Its
+  // PREDELIVERY says it is not delivered until released (it showed "deliver to …"), and what the release would do.
   const session = join(laptop.dir, 'held-session.txt');
-  await writeFile(session, 'EHLO laptop\nMAIL FROM:<a@example.com>\nRCPT TO:<b@elsewhere.example>\nDATA\nSubject: invoice\n\nx\n.\nMAIL FROM:<a@example.com>\nRCPT TO:<b@elsewhere.example>\nDATA\nSubject: viagra\n\nx\n.\n');
+  await writeFile(session, 'EHLO laptop\nMAIL FROM:<a@example.com>\nRCPT TO:<b@elsewhere.example>\nDATA\nSubject: invoice\n\nx\n.\nPREDELIVERY\nMAIL FROM:<a@example.com>\nRCPT TO:<b@elsewhere.example>\nDATA\nSubject: viagra\n\nx\n.\n');
   const both = json(await here(undefined, { session, config: laptop.config, scripts, ip: '127.0.0.1', json: true }));
   assert.deepEqual(both.steps.filter((s) => s.step === 'data').map((s) => s.outcome), ['hold', 'reject']);
+  const releasedLater = both.steps.find((s) => s.step === 'predelivery')!;
+  assert.equal(releasedLater.outcome, 'hold');
+  assert.match(releasedLater.reply, /^on hold, not delivered until postern queue release \w+; once released: deliver to \S+:\d+/);
+  assert.equal((releasedLater as { held?: { reason: string } }).held?.reason, 'looks like an invoice');
   assert.deepEqual([both.outcome, both.exitCode], ['reject', 1]);
 });
 
