@@ -15,7 +15,8 @@ import { hashPassword } from '../../engine/auth/password-hash.ts';
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 const ADDRESSES = 'postern_auth_failure_addresses';
 /** Addresses that fail once each, at first. */
-const GUESSERS = 120;
+/** Addresses that fail first: a process that keeps them all stays at 60 or more, one that prunes them goes below 15. */
+const GUESSERS = 60;
 const WINDOW_MS = 2000;
 
 let c: ClusterProcess | undefined;
@@ -44,7 +45,7 @@ listeners:
     listen: 127.0.0.1:{PORT:sub}
     reverseDns: false
     auth: { mechanisms: [PLAIN] }
-    # (120 addresses guess at one account: the account's own limit is not what this counts)
+    # (60 addresses guess at one account: the account's own limit is not what this counts)
     limits: { greetingDelayMs: 0, authFailuresPerIp: 1000, authFailuresBeforeDelay: 1000, authFailuresPerAccount: 100000, authFailureWindowMs: ${WINDOW_MS} }
 `,
     files: { users: `alice:${await hashPassword('right')}\n` },

@@ -12,7 +12,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
-import { startCluster, TWO_WORKERS, type ClusterProcess } from '../helpers/cluster.ts';
+import { startCluster, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
 
 // Hangs inside a builtin V8 cannot interrupt (its worker is replaced) for hang@, accepts anyone else.
 const SCRIPT = "export default function (ctx) { if (ctx.address.localPart === 'hang') return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1)); return accept(); }\n";
@@ -31,11 +31,13 @@ async function rcpt(c: ClusterProcess, listener: string, to: string): Promise<st
 
 const restarts = async (c: ClusterProcess): Promise<number> => (await c.cluster()).processes.reduce((n, p) => n + p.restarts, 0);
 
+// One worker: the one replaced after the crash starts with the fence list as the supervisor keeps it (fenced.json, the
+// shadow flag with it), where the live copy must still answer; a second worker only idled (workerChoice fill).
 test('a shadow script fenced at its first crash does not fence the same script running live on another listener', { timeout: 180_000 }, async () => {
   const candidate = await mkdtemp(join(tmpdir(), 'postern-shadow-twin-'));
   await writeFile(join(candidate, 'rcptto.js'), SCRIPT);
   const c = await startCluster({
-    config: `${TWO_WORKERS.replace('limits: { greetingDelayMs: 0 }', `limits: { greetingDelayMs: 0 }\n    shadowScripts: ${candidate}`)}`
+    config: `${ONE_WORKER.replace('limits: { greetingDelayMs: 0 }', `limits: { greetingDelayMs: 0 }\n    shadowScripts: ${candidate}`)}`
       + `  - name: sub\n    listen: 127.0.0.1:{PORT:sub}\n    reverseDns: false\n    limits: { greetingDelayMs: 0 }\n    scripts: ${candidate}\n`,
     scripts: { 'rcptto.js': 'export default () => accept();' },
     scriptLimits: 'product', // the shadow call hangs in a builtin: its time limit is what gives up on it
@@ -45,9 +47,9 @@ test('a shadow script fenced at its first crash does not fence the same script r
     assert.equal(await rcpt(c, 'in', 'hang@example.test'), '250 2.1.5 Accepted', 'the live reply does not wait for the shadow');
     await c.waitFor('the worker replaced', async () => (await restarts(c)) === 1);
     await c.waitFor('the shadow script fenced', async () => (await c.cluster()).fences.length > 0);
-    await c.waitFor('both workers ready', async () => (await c.cluster()).processes.filter((p) => p.role === 'worker' && p.ready).length === 2);
-    // Each worker's answer (one connection may not reach both): the live copy on sub is not fenced in either.
-    for (let i = 0; i < 4; i++) assert.equal(await rcpt(c, 'sub', 'ok@example.test'), '250 2.1.5 Accepted', `sub's live script still answers (connection ${i + 1})`);
+    await c.waitFor('the worker ready', async () => (await c.cluster()).processes.filter((p) => p.role === 'worker' && p.ready).length === 1);
+    // The replacement's answer: the live copy on sub is not fenced there.
+    for (let i = 0; i < 2; i++) assert.equal(await rcpt(c, 'sub', 'ok@example.test'), '250 2.1.5 Accepted', `sub's live script still answers (connection ${i + 1})`);
   } finally {
     await c.stop();
     await rm(candidate, { recursive: true, force: true });
