@@ -9,8 +9,6 @@ import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import assert from 'node:assert/strict';
 import { SmtpTestClient } from './smtp-client.ts';
-import { Spool } from '../../engine/spool/spool.ts';
-import { SpoolSet } from '../../engine/cluster/spool-set.ts';
 export { freePort } from './free-port.ts';
 import { freePort } from './free-port.ts';
 import { withUnhurriedLimits } from './unhurried-limits.ts';
@@ -199,6 +197,9 @@ export async function greeted(c: ClusterProcess): Promise<SmtpTestClient> {
 
 /** Every id in the server's spools now (a reader's view, like `postern queue list`). */
 export async function spooled(c: ClusterProcess): Promise<Set<string>> {
+  // Loaded here, not at the top: the spool's modules cost every cluster test's process some 0.1 s, and few read it.
+  const { Spool } = await import('../../engine/spool/spool.ts');
+  const { SpoolSet } = await import('../../engine/cluster/spool-set.ts');
   return new Set(await new SpoolSet(new Spool(join(c.dataDir, 'spool'))).list());
 }
 

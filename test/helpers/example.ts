@@ -11,12 +11,11 @@ import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { parseDocument, type Document } from 'yaml';
-import { startPostern, type RunningPostern } from '../../engine/app/postern.ts';
-import { createLogger } from '../../engine/logging/logger.ts';
+import type { RunningPostern } from '../../engine/app/postern.ts';
 import type { SpoolEnvelope } from '../../engine/spool/envelope.ts';
 import { makeTestPki, type ClientName, type TestPki } from './pki.ts';
 import { SmtpTestClient, type Reply } from './smtp-client.ts';
-import { setUnhurriedLimits } from './postern.ts';
+import { setUnhurriedLimits } from './unhurried-limits.ts';
 
 export { hashPassword } from '../../engine/auth/password-hash.ts';
 
@@ -81,6 +80,9 @@ export async function startExample(name: string, append: (pki: TestPki) => Promi
       cb();
     },
   });
+  // Loaded here, not at the top: most files that import this one only for needs() or run() start no server in-process.
+  const { startPostern } = await import('../../engine/app/postern.ts');
+  const { createLogger } = await import('../../engine/logging/logger.ts');
   const running = await startPostern({
     configPath,
     logger: process.env.POSTERN_TEST_LOG ? createLogger(process.env.POSTERN_TEST_LOG, process.stderr) : createLogger('info', sink),

@@ -3,12 +3,9 @@
  * after. It can be stopped and started again on the same port, as an outage would.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { Writable } from 'node:stream';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger } from '../../engine/logging/logger.ts';
-import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { needs } from './example.ts';
 import { freePort } from './free-port.ts';
 
@@ -85,11 +82,4 @@ export async function eventually(check: () => Promise<boolean>, what: string, ti
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`not within ${timeoutMs} ms: ${what}`);
-}
-
-/** A Redis store whose log lines are kept (JSON, one per entry). */
-export function loggedStore(url: string, keyPrefix: string, timeoutMs: number): { store: RedisCounterStore; lines: string[] } {
-  const lines: string[] = [];
-  const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
-  return { store: new RedisCounterStore({ url, keyPrefix, timeoutMs }, createLogger('info', sink)), lines };
 }

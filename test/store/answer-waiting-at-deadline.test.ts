@@ -10,7 +10,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { needsRedis, startRedis, eventually, loggedStore, type TestRedis } from '../helpers/redis-server.ts';
+import { needsRedis, startRedis, eventually, type TestRedis } from '../helpers/redis-server.ts';
+import { loggedStore } from '../helpers/logged-redis-store.ts';
 
 const opts = needsRedis();
 const TIMEOUT_MS = 100;

@@ -16,7 +16,7 @@ import { until } from '../helpers/wait.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
-import { loggedStore } from '../helpers/redis-server.ts';
+import { loggedStore } from '../helpers/logged-redis-store.ts';
 
 type Mode = 'ok' | 'oom' | 'busy' | 'not-resp' | 'strings' | 'silent' | 'endless-bulk' | 'endless-array' | 'endless-at-connect';
 

@@ -9,7 +9,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { eventually, loggedStore, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { loggedStore } from '../helpers/logged-redis-store.ts';
 
 const opts = needsRedis();
 let redis: TestRedis;

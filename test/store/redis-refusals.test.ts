@@ -12,7 +12,8 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
-import { eventually, loggedStore as loggedRedisStore, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { loggedStore as loggedRedisStore } from '../helpers/logged-redis-store.ts';
 import { until } from '../helpers/wait.ts';
 
 const opts = needsRedis();

@@ -10,7 +10,8 @@ import { createClient } from 'redis';
 import { StoreUnavailable } from '../../engine/store/index.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
-import { eventually, loggedStore, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
+import { loggedStore } from '../helpers/logged-redis-store.ts';
 import { until } from '../helpers/wait.ts';
 import { registry } from '../../engine/metrics/metrics.ts';
 
