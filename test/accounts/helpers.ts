@@ -12,7 +12,7 @@ import { hashPassword } from '../../engine/auth/password-hash.ts';
 import { initCa } from '../../engine/pki/index.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import type { TestServer } from '../helpers/postern.ts';
 import { needs, run } from '../helpers/example.ts';
 
 export const CHROMIUM = '/usr/bin/chromium';
@@ -57,6 +57,8 @@ export async function startAccounts(scratchDir: string, limits: { authFailuresPe
       limits: { authFailureDelayMs: 0, ...limits },
     })],
   });
+  // Loaded here, not at the top: the files that run `postern serve` or the CLI start no server in-process.
+  const { startTestServer } = await import('../helpers/postern.ts');
   const server = await startTestServer({ config, settleMs: 20, dataDir });
   return {
     server, pki, caDir, pinsFile, url: `https://127.0.0.1:${server.accounts!.address.port}`, smtpPort: server.port('submission'),

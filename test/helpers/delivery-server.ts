@@ -2,7 +2,7 @@
  * Postern for delivery tests: test/helpers/postern.ts (temp folder, scripts, files, log capture, optional
  * DNS stand-in) plus helpers to wait for queue attempts and to send a message in.
  */
-import { startTestServer, type TestServer, type TestServerOptions } from './postern.ts';
+import type { TestServer, TestServerOptions } from './postern.ts';
 import type { DeliveryResolver, MxRecord } from '../../engine/delivery/dns.ts';
 import { DeliveryFailure } from '../../engine/delivery/outcome.ts';
 import { HostNotFound } from '../../engine/delivery/dns.ts';
@@ -26,6 +26,8 @@ export interface DeliveryServer extends Omit<TestServer, 'port'> {
 export type DeliveryServerOptions = TestServerOptions;
 
 export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<DeliveryServer> {
+  // Loaded here, not at the top: files that import this one for parseDsn() or fakeResolver() start no server in-process.
+  const { startTestServer } = await import('./postern.ts');
   const running = await startTestServer(opts);
   const { attempts, next } = recordAttempts(running.queue);
   const firstListener = [...running.addresses.keys()][0]!;

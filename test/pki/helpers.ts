@@ -8,7 +8,7 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { startTestServer, type TestServer } from '../helpers/postern.ts';
+import type { TestServer } from '../helpers/postern.ts';
 import type { TestPki } from '../helpers/pki.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { runCli, type CliResult } from '../helpers/cli.ts';
@@ -48,6 +48,8 @@ export async function startPkiServer(pki: TestPki, extraConfig: string | ((ca: s
   if (init.code !== 0) throw new Error(`pki init: ${init.stderr}`);
   const pins = join(root, 'pins');
   await writeFile(pins, '# pins managed by postern pins\n');
+  // Loaded here, not at the top: the files that only run the CLI or `postern serve` start no server in-process.
+  const { startTestServer } = await import('../helpers/postern.ts');
   const server = await startTestServer({
     config: `
 localDomains: [example.com]

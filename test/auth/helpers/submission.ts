@@ -1,7 +1,7 @@
 /** What the password-AUTH tests share: the replies they expect, AUTH PLAIN lines, the submission listener. */
 import { readFile } from 'node:fs/promises';
 import { makeTestPki, type TestPki } from '../../helpers/pki.ts';
-import { startTestServer, type TestServer } from '../../helpers/postern.ts';
+import type { TestServer } from '../../helpers/postern.ts';
 import { SmtpTestClient, type TlsClientOptions } from '../../helpers/smtp-client.ts';
 import { hashPassword } from '../../../engine/auth/password-hash.ts';
 
@@ -45,6 +45,8 @@ export async function startSubmission(limits: string, opts: { users?: Record<str
   const ca = await readFile(pki.ca.cert, 'utf8');
   let users = '# test users\n';
   for (const [name, password] of Object.entries(opts.users ?? {})) users += `${name}:${await hashPassword(password)}\n`;
+  // Loaded here, not at the top: the cluster tests that import this file for its replies and plain() start no server in-process.
+  const { startTestServer } = await import('../../helpers/postern.ts');
   const server = await startTestServer({ config: submissionConfig(pki, limits, { auth: opts.auth }), files: { users }, scripts: opts.scripts });
   const tlsClient = async (cert?: TlsClientOptions): Promise<SmtpTestClient> => {
     const c = await SmtpTestClient.connect(server.port('sub'));
