@@ -133,7 +133,13 @@ export class ChangeWatcher {
     this.#inputs = inputs;
     this.#folders = new Set(inputs.folders);
     const first = this.#watches === null;
-    this.#watches ??= new PathWatches((event, name, watchedPath) => this.#raw(event, name, watchedPath), (err) => this.#watchFailed(err));
+    this.#watches ??= new PathWatches((event, name, watchedPath) => this.#raw(event, name, watchedPath), (err, path) => {
+      // A file or script that cannot be watched on its own (unreadable, a symlink loop) is still an entry of a watched
+      // folder, and its build says what is wrong with it: watching is unavailable only for want of watches or
+      // descriptors, or when a folder cannot be watched.
+      if (this.#watchedAlone(path) && !OUT_OF_WATCHES.has(err.code ?? '')) return;
+      this.#watchFailed(err);
+    });
     if (first || fresh) {
       this.#folderIds = await folderIdentities(watchedFolders(inputs));
       // The baseline for "shrank": taken at the first watch; an input named later counts from its first size seen.
@@ -451,6 +457,8 @@ export const POLL_MS = 1000;
  * system reports no changes, and gave up watching for good.
  */
 const OWN_RESOURCE_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOMEM']);
+/** What a watch cannot be set for, whatever the path: the process's or the user's inotify resources used up. */
+const OUT_OF_WATCHES = new Set([...OWN_RESOURCE_ERRORS, 'ENOSPC']);
 
 /**
  * The status of every input file and script (inode, size, modification and status change times), and of each

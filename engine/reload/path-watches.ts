@@ -18,10 +18,10 @@ const GONE = new Set(['ENOENT', 'ENOTDIR']);
 export class PathWatches {
   readonly #watches = new Map<string, FSWatcher>();
   readonly #onRaw: RawEvent;
-  readonly #onError: (err: Error) => void;
+  readonly #onError: (err: NodeJS.ErrnoException, path: string) => void;
 
-  /** `onError`: a watch that could not be set or broke for another reason than its path being gone (EMFILE, ENOSPC). */
-  constructor(onRaw: RawEvent, onError: (err: Error) => void) {
+  /** `onError`: a watch that could not be set or broke for another reason than its path being gone (EMFILE, ENOSPC, EACCES). */
+  constructor(onRaw: RawEvent, onError: (err: NodeJS.ErrnoException, path: string) => void) {
     this.#onRaw = onRaw;
     this.#onError = onError;
   }
@@ -54,12 +54,12 @@ export class PathWatches {
     try {
       watcher = watch(path, (event, name) => this.#onRaw(event, name, path));
     } catch (err) {
-      if (!GONE.has((err as NodeJS.ErrnoException).code ?? '')) this.#onError(err as Error);
+      if (!GONE.has((err as NodeJS.ErrnoException).code ?? '')) this.#onError(err as NodeJS.ErrnoException, path);
       return;
     }
     watcher.on('error', (err: NodeJS.ErrnoException) => {
       if (this.#watches.get(path) === watcher) this.#drop(path);
-      if (!GONE.has(err.code ?? '')) this.#onError(err);
+      if (!GONE.has(err.code ?? '')) this.#onError(err, path);
     });
     this.#watches.set(path, watcher);
   }

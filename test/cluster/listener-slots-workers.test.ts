@@ -56,18 +56,26 @@ test('a client holding as many connections as another, on the other worker, clos
       for (const p of pair) await p.quit();
       return workers.size === 2;
     });
-    // Round robin: 127.0.0.2's three connections on one worker, 127.0.0.3's three on the other.
-    const placed = new Map<string, Set<number>>([['127.0.0.2', new Set()], ['127.0.0.3', new Set()]]);
-    for (let i = 0; i < 6; i++) {
-      const ip = i % 2 === 0 ? '127.0.0.2' : '127.0.0.3';
-      const client = await SmtpTestClient.connect(c.port('room'), { localAddress: ip });
-      open.push(client);
-      assert.equal((await client.read(30_000)).code, 220);
-      assert.equal((await client.command('EHLO holder.example', 30_000)).code, 250);
-      placed.get(ip)!.add(await workerOf(c, client));
+    // Round robin: 127.0.0.2's three connections on one worker, 127.0.0.3's three on the other. Round robin skips a
+    // worker whose heartbeat is late (a loaded machine descheduled it 300 ms): then the six are let go and placed
+    // again, at most three times.
+    let w2: number[] = [];
+    let w3: number[] = [];
+    for (let attempt = 1; ; attempt++) {
+      const placed = new Map<string, Set<number>>([['127.0.0.2', new Set()], ['127.0.0.3', new Set()]]);
+      for (let i = 0; i < 6; i++) {
+        const ip = i % 2 === 0 ? '127.0.0.2' : '127.0.0.3';
+        const client = await SmtpTestClient.connect(c.port('room'), { localAddress: ip });
+        open.push(client);
+        assert.equal((await client.read(30_000)).code, 220);
+        assert.equal((await client.command('EHLO holder.example', 30_000)).code, 250);
+        placed.get(ip)!.add(await workerOf(c, client));
+      }
+      [w2, w3] = [[...placed.get('127.0.0.2')!], [...placed.get('127.0.0.3')!]];
+      if (w2.length === 1 && w3.length === 1 && w2[0] !== w3[0]) break;
+      assert.ok(attempt < 3, `each address on a worker of its own in one of three tries: ${JSON.stringify([w2, w3])}`);
+      for (const o of open.splice(0)) await o.quit();
     }
-    const [w2, w3] = [[...placed.get('127.0.0.2')!], [...placed.get('127.0.0.3')!]];
-    assert.ok(w2.length === 1 && w3.length === 1 && w2[0] !== w3[0], `each address on a worker of its own: ${JSON.stringify([w2, w3])}`);
 
     // 127.0.0.3's fourth goes to the worker holding 127.0.0.2's three and none of its own: it holds as many.
     const fourth = await SmtpTestClient.connect(c.port('room'), { localAddress: '127.0.0.3' });

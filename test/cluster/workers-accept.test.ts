@@ -16,6 +16,8 @@ import net from 'node:net';
 import { startCluster, workerPid, freePort, greeted, TWO_WORKERS, ONE_WORKER, type ClusterProcess } from '../helpers/cluster.ts';
 import { workerSpoolDir } from '../../engine/cluster/spool-set.ts';
 import { LOCK_FILE } from '../../engine/spool/data-dir-lock.ts';
+import { STALE_FOR_CONNECTIONS_MS } from '../../engine/cluster/process-model.ts';
+import { watchSilence } from '../helpers/write-silence.ts';
 
 /** A greeting on a new connection within `ms`, or null (no worker took it meanwhile: the test goes on). */
 async function greetingOf(client: SmtpTestClient, ms: number): Promise<string | null> {
@@ -117,22 +119,34 @@ test('fill at light load: the second worker is never told to accept, and the fir
     await workerPid(c, 1);
     const worker1 = async (): Promise<{ accepting?: boolean; acceptTurns?: number }> =>
       (await c.cluster()).processes.find((p) => p.role === 'worker' && p.index === 1) as { accepting?: boolean; acceptTurns?: number };
-    // Right after the start worker 0 may be busy (compiling, loading) and have company: wait until it has none.
-    await c.waitFor('worker 1 not accepting', async () => (await worker1()).accepting === false);
-    const turns = (await worker1()).acceptTurns;
     const served = (): Array<unknown> => c.logs.filter((l) => String(l.msg).includes('(message spooled)')).map((l) => l.pid);
-    const from = served().length;
-    // Ten sessions one after another, a message each: far from busy.
-    for (let i = 0; i < 10; i++) {
-      const client = await SmtpTestClient.connect(c.port('in'));
-      assert.equal((await client.read(30_000)).code, 220);
-      assert.equal((await client.command('EHLO client.test', 30_000)).code, 250);
-      assert.equal((await client.sendMail('a@example.test', ['b@example.test'])).code, 250);
-      await client.quit();
+    // A round again (at most three) only when worker 0 went silent past the staleness limit meanwhile, or the watch
+    // could not tell: a loaded machine that descheduled it made it stale, and worker 1 was rightly told to accept.
+    for (let attempt = 1; ; attempt++) {
+      // Right after the start worker 0 may be busy (compiling, loading) and have company: wait until it has none.
+      await c.waitFor('worker 1 not accepting', async () => (await worker1()).accepting === false);
+      const turns = (await worker1()).acceptTurns;
+      const from = served().length;
+      const watch = watchSilence(first, STALE_FOR_CONNECTIONS_MS - 50);
+      // Ten sessions one after another, a message each: far from busy.
+      for (let i = 0; i < 10; i++) {
+        const client = await SmtpTestClient.connect(c.port('in'));
+        assert.equal((await client.read(30_000)).code, 220);
+        assert.equal((await client.command('EHLO client.test', 30_000)).code, 250);
+        assert.equal((await client.sendMail('a@example.test', ['b@example.test'])).code, 250);
+        await client.quit();
+      }
+      const round = await c.waitFor('the ten messages logged', () => served().length >= from + 10 && served().slice(from, from + 10));
+      const { silent, blind } = watch.stop();
+      const turnsNow = (await worker1()).acceptTurns;
+      if ((silent || blind) && (turnsNow !== turns || round.some((pid) => pid !== first))) {
+        assert.ok(attempt < 3, `a round without worker 0 silent past the staleness limit (or the watch held back) in one of three: ${JSON.stringify({ silent, blind })}`);
+        continue;
+      }
+      assert.deepEqual(round, Array(10).fill(first), 'every session on worker 0');
+      assert.equal(turnsNow, turns, 'worker 1 was not told to accept meanwhile');
+      break;
     }
-    const round = await c.waitFor('the ten messages logged', () => served().length >= from + 10 && served().slice(from, from + 10));
-    assert.deepEqual(round, Array(10).fill(first), 'every session on worker 0');
-    assert.equal((await worker1()).acceptTurns, turns, 'worker 1 was not told to accept meanwhile');
   } catch (err) {
     await c.stop(); // not left half-way for the next test
     twoWorkers = undefined;

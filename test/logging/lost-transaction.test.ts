@@ -20,7 +20,9 @@ before(async () => {
       hostname: 'mx.test', localDomains: ['example.test'],
       listeners: [
         testListener('lostmx', { tls: { mode: 'none' } }),
-        testListener('lostidle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 300 } }),
+        // 2 s, not 300 ms: this server and its clients share the test's process; descheduled that long between a reply and
+        // the next command, it ran the idle timer before its client had sent that command (421 in place of a 250).
+        testListener('lostidle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 2000 } }),
       ],
     }),
   });

@@ -24,7 +24,9 @@ before(async () => {
       listeners: [
         testListener('envmx', { tls: { mode: 'none' }, limits: { maxErrors: 2 } }),
         testListener('envslowdata', { tls: { mode: 'none' }, limits: { dataTimeoutMs: 300 } }),
-        testListener('envidle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 300 } }),
+        // 2 s, not 300 ms: this server and its clients share the test's process; descheduled that long between a reply and
+        // the next command, it ran the idle timer before its client had sent that command (421 in place of a 250).
+        testListener('envidle', { tls: { mode: 'none' }, limits: { socketTimeoutMs: 2000 } }),
         testListener('envmax', { tls: { mode: 'none' }, limits: { maxRecipients: 2 } }),
       ],
     }),

@@ -22,6 +22,7 @@ import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 import { proxyV2 } from '../helpers/proxy-header.ts';
 import { freePort } from '../helpers/free-port.ts';
 import { HAPROXY, haproxyStats as statsAt } from '../helpers/haproxy.ts';
+import { UNHURRIED_LIMITS } from '../helpers/unhurried-limits.ts';
 
 const opts = needs('redis-server', HAPROXY);
 const MAIN = new URL('../../engine/cli/main.ts', import.meta.url).pathname;
@@ -50,6 +51,8 @@ async function startNode(dir: string, name: string, redisUrl: string, pki: TestP
   const common = `auth: { mechanisms: [PLAIN], required: true }
     proxyProtocol: { trusted: [127.0.0.1/32] }
     limits: { greetingDelayMs: 0, messagesPerIdentity: { count: 3, windowSeconds: 3600 }, authFailuresPerIp: 3, maxConnectionsPerIp: 2 }`;
+  // The limits test servers get (unhurried-limits.ts): with 200 ms a Redis round trip, a node or Redis descheduled a
+  // moment on a loaded machine failed a count closed (454 to AUTH, 421 at connect) in sessions the test expects served.
   await writeFile(join(dir, 'postern.yaml'), `
 hostname: ${name}
 dataDir: ./data
@@ -58,8 +61,8 @@ users: ./users
 localDomains: [example.net]
 workers: 1
 store:
-  redis: { url: "${redisUrl}", keyPrefix: "two-nodes:", timeoutMs: 200 }
-sandbox: { timeoutMs: 2000 }
+  redis: { url: "${redisUrl}", keyPrefix: "two-nodes:", timeoutMs: ${UNHURRIED_LIMITS.redisTimeoutMs} }
+sandbox: { timeoutMs: ${UNHURRIED_LIMITS.sandboxTimeoutMs} }
 listeners:
   - name: submission
     listen: 127.0.0.1:0

@@ -2,7 +2,8 @@
 // checkout, linked into the scripts folder or beside postern.yaml): edited in place there, no watched folder has an
 // event about it. Each input file and script is watched on its own too, through the link (path-watches.ts): the edit
 // comes into force by its event, and the once-a-second poll finds nothing the file system did not report. A file
-// written again and again beside postern.yaml (a log) is no input: it makes no reload.
+// written again and again beside postern.yaml (a log) is no input: it makes no reload. One script that cannot be
+// watched on its own (a symlink loop) is reported by its build, and leaves the rest watched.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFile, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
@@ -46,6 +47,18 @@ test('a script and a table linked from a folder no one watches: an edit in place
     while (s.runtime.generation.tables.get('senders')?.get('spam@x.example') !== 'REJECT') await new Promise((r) => setTimeout(r, 100));
     await polled(s, 3);
     assert.equal(s.reloader.status.data.watching, null, 'the table\'s edit came as an event, not from the poll');
+
+    // A script that cannot be watched on its own (a symlink loop): its build says what is wrong with it, and the
+    // folder still reports its entries; changes are still watched (not "unavailable" for the whole server).
+    const refusedBefore = s.reloader.status.data.lastError;
+    await symlink('rcptto.ts', join(s.dir, 'scripts', 'rcptto.ts'));
+    while (s.reloader.status.data.lastError === refusedBefore) await new Promise((r) => setTimeout(r, 100));
+    assert.match(String(s.reloader.status.data.lastError), /rcptto\.ts/);
+    await rm(join(s.dir, 'scripts', 'rcptto.ts'));
+    await writeFile(join(elsewhere, 'mailfrom.ts'), verdictScript('v3'));
+    while ((await mailFromReply(s)) !== '550 5.7.1 v3') await new Promise((r) => setTimeout(r, 100));
+    await polled(s, 3);
+    assert.equal(s.reloader.status.data.watching, null, 'one script that cannot be watched does not stop the watching');
   } finally {
     await s.stop();
     await rm(elsewhere, { recursive: true, force: true });

@@ -74,7 +74,10 @@ test('a continuation that never ends after await fails alone as a timeout; other
   const held = heldStore();
   const host = { ...recordingHost(), store: held.store };
   await withSandbox({
-    host, isolates: 2, timeoutMs: 300,
+    // Long enough that the other calls are served while the loop still runs, even on a loaded machine: its deadline
+    // counts from its start, and with 300 ms a test descheduled a moment before the five calls saw the loop over
+    // (as in failures.test.ts's endless loop beside a normal call).
+    host, isolates: 2, timeoutMs: 3000,
     scripts: [
       js('mailfrom', 'export default async (ctx) => { await rate("k", 10, 60); if (ctx.loop) while (true) {} return accept({ text: "m" + ctx.n }); }'),
       js('helo', 'export default (ctx) => accept({ text: "h" + ctx.n })'),
