@@ -109,7 +109,7 @@ async function main(): Promise<void> {
     } else if (m.t === 'spooled') {
       // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.
       for (const id of m.ids!) running!.spools.locate(id, m.dir!);
-      for (const id of m.ids!) running!.queue.notify(id);
+      for (const id of m.ids!) running!.queue!.notify(id);
     } else if (m.t === 'reload') {
       // The supervisor watches the inputs for every process (reload-coordinator.ts) and hears the outcome: a reload
       // does not reject (a failure before the swap is a refusal in the state told, one after it a warning: reloader.ts).

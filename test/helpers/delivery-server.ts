@@ -27,14 +27,14 @@ export type DeliveryServerOptions = TestServerOptions;
 
 export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<DeliveryServer> {
   const running = await startTestServer(opts);
-  const { attempts, next } = recordAttempts(running.queue);
+  const { attempts, next } = recordAttempts(running.queue!);
   const firstListener = [...running.addresses.keys()][0]!;
   const server: DeliveryServer = Object.assign(running, {
     attempts,
     port: (name?: string) => running.addresses.get(name ?? firstListener)!.port,
     nextAttempt: next,
     send: (from: string, to: string[], body?: string) => submitMessage(server.port(), from, to, body),
-    scans: countScans(running.queue),
+    scans: countScans(running.queue!),
   });
   return server;
 }
