@@ -43,10 +43,11 @@ const send = (m: object): void => { if (process.connected) process.send!(m); };
 type Message = { t?: string; n?: number; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[]; seen?: number };
 
 async function main(): Promise<void> {
-  const loaded = loadStartConfig({ configPath, regularFileOnly: true });
+  const handoff = takeOver();
+  const loaded = loadStartConfig({ configPath, regularFileOnly: true, handed: handoff?.parse });
   // What the server runs with, which the file may no longer say (an edit waiting for a restart): a process started
   // again takes the server's, or it would spool where no queue process looks.
-  const runningAs = takeOver();
+  const runningAs = handoff?.running;
   if (runningAs) keepRunning(loaded.config, runningAs);
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
   mkdirSync(crashDir(loaded.config.dataDir), { recursive: true, mode: 0o700 }); // the umask may be 000: no one else's
@@ -209,7 +210,7 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startOnceSpoolIsFree(loaded.config, {
-    configPath, regularFileOnly: true, role, workerIndex: index, counters, memoryStore: store, running: runningAs,
+    configPath, regularFileOnly: true, handed: handoff?.parse, role, workerIndex: index, counters, memoryStore: store, running: runningAs,
     // The supervisor holds the data directory's lock; each child locks the spool it writes. A child of a
     // supervisor that died lets its sessions finish: a new server's child must not open that spool meanwhile
     // (it would delete segments and files it takes for a crash's leftovers): this one waits for it.

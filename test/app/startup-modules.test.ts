@@ -10,7 +10,9 @@ import { execFileSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { once } from 'node:events';
-import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { loadConfigFile } from '../../engine/config/load-config.ts';
+import { parseToHand } from '../../engine/config/handed-parse.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -94,13 +96,17 @@ test('the watchdog thread starts without node:crypto', async () => {
  * shadow runner. A worker delivers nothing: no queue runner and delivery code (~30 files, ~13 ms). Neither serves HTTP
  * (node:http, ~25 ms: the supervisor's admin server) nor, without a policy service configured, loads its server.
  * Both start without argon2's native binding (the first password check loads it) and nodemailer's fetch (required
- * by the shared helpers smtp-server requires, for content given as a URL: node:http, node:https, node:zlib).
+ * by the shared helpers smtp-server requires, for content given as a URL: node:http, node:https, node:zlib). And
+ * handed their supervisor's parse of postern.yaml (engine/config/handed-parse.ts), without the YAML parser and zod.
  */
 test('each process of the server starts without what its role does not do', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'postern-startup-modules-'));
   try {
     await mkdir(join(dir, 'scripts'));
     const config = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\nlocalDomains: [example.test]\nlisteners:\n  - name: in\n    listen: 127.0.0.1:2525\n`;
+    const configPath = join(dir, 'postern.yaml');
+    await writeFile(configPath, config);
+    const handed = parseToHand(loadConfigFile(configPath));
     const started = (role: string): Record<string, number> => {
       const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
         import { registerHooks } from 'node:module';
@@ -109,14 +115,14 @@ test('each process of the server starts without what its role does not do', asyn
         const { startPostern } = await import(${JSON.stringify(`${ROOT}engine/app/postern.ts`)});
         const role = ${JSON.stringify(role)};
         const dataDir = ${JSON.stringify(join(dir, 'data'))};
-        const running = await startPostern({ configText: ${JSON.stringify(config)}, baseDir: ${JSON.stringify(dir)}, role, watch: false, workers: 1,
+        const running = await startPostern({ configPath: ${JSON.stringify(configPath)}, regularFileOnly: true, handed: ${JSON.stringify(handed)}, role, watch: false, workers: 1,
           lockDir: role === 'queue' ? dataDir + '/spool' : dataDir + '/spool/worker-0' });
         const count = (re) => urls.filter((u) => re.test(u)).length;
         console.log(JSON.stringify({ started: role,
           smtpServer: count(/node_modules\\/smtp-server\\//), queueRunner: count(/engine\\/(queue\\/runner|delivery\\/transaction)\\.ts$/),
           policyServer: count(/engine\\/policy-service\\/policy-server\\.ts$/), shadowRunner: count(/engine\\/shadow\\/shadow-runner\\.ts$/),
           nodemailerFetch: count(/node_modules\\/nodemailer\\/dist\\/cjs\\/fetch\\//), argon2: count(/node_modules\\/@node-rs\\/argon2/),
-          http: process.moduleLoadList.filter((m) => m === 'NativeModule http').length }));
+          http: process.moduleLoadList.filter((m) => m === 'NativeModule http').length, yamlAndZod: count(/node_modules\\/(yaml|zod)\\//) }));
         await running.close();
         process.exit(0);
       `], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NODE_NO_WARNINGS: '1' } });
@@ -125,10 +131,10 @@ test('each process of the server starts without what its role does not do', asyn
     const queue = started('queue');
     const worker = started('worker');
     assert.deepEqual({ ...queue, queueRunner: queue.queueRunner! > 0 },
-      { started: 'queue', smtpServer: 0, queueRunner: true, policyServer: 0, shadowRunner: 0, nodemailerFetch: 0, argon2: 0, http: 0 },
+      { started: 'queue', smtpServer: 0, queueRunner: true, policyServer: 0, shadowRunner: 0, nodemailerFetch: 0, argon2: 0, http: 0, yamlAndZod: 0 },
       'the queue process: loaded at start (its runner: the check can see it)');
     assert.deepEqual({ ...worker, smtpServer: worker.smtpServer! > 0, shadowRunner: worker.shadowRunner! > 0 },
-      { started: 'worker', smtpServer: true, queueRunner: 0, policyServer: 0, shadowRunner: true, nodemailerFetch: 0, argon2: 0, http: 0 },
+      { started: 'worker', smtpServer: true, queueRunner: 0, policyServer: 0, shadowRunner: true, nodemailerFetch: 0, argon2: 0, http: 0, yamlAndZod: 0 },
       'a worker: loaded at start (smtp-server and the shadow runner: the check can see them)');
   } finally {
     await rm(dir, { recursive: true, force: true });
