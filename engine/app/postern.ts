@@ -34,7 +34,10 @@ import { shadowCounts } from '../shadow/shadow-status.ts';
 import { startRecording } from '../replay/recorder.ts';
 import { registry } from '../metrics/metrics.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
-import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
+// From their own files, not the index: it loads the CA's issuing and revoking code too, which a server never runs.
+import { ExpiryWatch } from '../pki/expiry.ts';
+import { SightingRecorder } from '../pki/sightings.ts';
+import { deviceNames } from '../pki/locate.ts';
 import type { AccountsServer } from '../accounts/server.ts';
 import { createServer, type Server } from 'node:net';
 import type { PolicyServer } from '../policy-service/policy-server.ts';

@@ -45,11 +45,14 @@ test('starting the server\'s modules loads neither Node\'s fetch (undici), nor a
  * zod's locales but English (engine/config/zod.ts: 63 files, ~35 ms). nodemailer's SMTP client: loaded by the first
  * delivery (engine/delivery/connection-pool.ts), which a worker or a command never makes; its fetch (behind the shared
  * helpers smtp-server requires: engine/smtp/postern-server.ts). argon2: the first password check (password-hash.ts).
+ * The quick start's text: the embedded configuration's start alone (engine/cli/serve.ts).
+ * The PKI's index: its CA's issuing and revoking code, which a server never runs (postern.ts takes the parts it uses).
  */
 const NOT_AT_START = [
   /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
   /node_modules\/@opentelemetry\//, /node_modules\/zod\/v4\/locales\/(?!en\.c?js$)/,
   /node_modules\/nodemailer\/dist\/cjs\/(smtp-connection|fetch)\//, /node_modules\/@node-rs\/argon2/,
+  /engine\/cli\/quick-start\.ts$/, /engine\/pki\/(index|revoke|devices)\.ts$/,
 ];
 
 test('@opentelemetry/api, left out at start, is the real package where something uses it', async () => {
