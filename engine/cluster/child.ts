@@ -29,8 +29,8 @@ import { writeCrashRecord } from './crash-record.ts';
 import { readFenceList } from './fence-book.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 import { Accepting, FileRoom } from './accepting.ts';
-import { keepRunning, longestAuthWindow } from '../reload/restart-needed.ts';
-import { takeOver } from './running-handoff.ts';
+import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/restart-needed.ts';
+import { takeOver, type Handoff } from './running-handoff.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -44,10 +44,11 @@ type Message = { t?: string; n?: number; reason?: string; listener?: string; pol
 
 async function main(): Promise<void> {
   const handoff = takeOver();
-  const loaded = loadStartConfig({ configPath, regularFileOnly: true, handed: handoff?.parse });
+  const handedParse = handoff?.handedParse;
+  const loaded = loadStartConfig({ configPath, regularFileOnly: true, handed: handedParse });
   // What the server runs with, which the file may no longer say (an edit waiting for a restart): a process started
   // again takes the server's, or it would spool where no queue process looks.
-  const runningAs = handoff?.running;
+  const runningAs = handoff && withoutParse(handoff);
   if (runningAs) keepRunning(loaded.config, runningAs);
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
   mkdirSync(crashDir(loaded.config.dataDir), { recursive: true, mode: 0o700 }); // the umask may be 000: no one else's
@@ -210,7 +211,7 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startOnceSpoolIsFree(loaded.config, {
-    configPath, regularFileOnly: true, handed: handoff?.parse, role, workerIndex: index, counters, memoryStore: store, running: runningAs,
+    configPath, regularFileOnly: true, handed: handedParse, role, workerIndex: index, counters, memoryStore: store, running: runningAs,
     // The supervisor holds the data directory's lock; each child locks the spool it writes. A child of a
     // supervisor that died lets its sessions finish: a new server's child must not open that spool meanwhile
     // (it would delete segments and files it takes for a crash's leftovers): this one waits for it.
@@ -246,6 +247,11 @@ async function main(): Promise<void> {
 }
 
 let tellReloadState: () => void = () => undefined;
+
+/** The running settings of what the supervisor handed over, without its parse of postern.yaml. */
+function withoutParse({ handedParse: _, ...running }: Handoff): RunningSettings {
+  return running;
+}
 
 const unconfirmedBeat = (ms: number | null): { spoolUnconfirmedMs?: number } => (ms === null ? {} : { spoolUnconfirmedMs: ms });
 

@@ -10,8 +10,12 @@ import type { Writable } from 'node:stream';
 import type { RunningSettings } from '../reload/restart-needed.ts';
 import type { HandedParse } from '../config/handed-parse.ts';
 
-/** What a child is handed: the settings the server runs with, and its supervisor's parse of postern.yaml if it has one to hand. */
-export interface Handoff { running: RunningSettings; parse?: HandedParse }
+/**
+ * What a child is handed: the settings the server runs with, with its supervisor's parse of postern.yaml when it has
+ * one to hand (`handedParse`). One object as before, so that a child and a supervisor of two releases (a package
+ * upgraded under a running server, whose next replacement runs the new code) still read each other's settings.
+ */
+export type Handoff = RunningSettings & { handedParse?: HandedParse };
 
 const FD = 4;
 

@@ -512,7 +512,7 @@ export class Supervisor {
       },
       stdio: CHILD_STDIO,
     });
-    handOver(proc, { running: runningSettings(this.config.config), parse: this.#handedParse });
+    handOver(proc, { ...runningSettings(this.config.config), handedParse: this.#handedParse });
     Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, silence: null, silentRanMs: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
