@@ -1217,7 +1217,8 @@ export class Supervisor {
   #pendingRestart(): string[] {
     let onDisk: LoadedConfig;
     try {
-      onDisk = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true }); // its event loop: never wait on a FIFO
+      // Its event loop: never wait on a FIFO. The start's parse while the file holds the same text (handed-parse.ts).
+      onDisk = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true, handed: this.#handedParse });
     } catch {
       return []; // a broken file: the reload error says so
     }
