@@ -14,8 +14,10 @@ import type { Logger } from '../logging/logger.ts';
 import { privilegedPortHint } from '../config/privileged-ports.ts';
 
 // Not `import … from 'node:http'`: an ESM import of node:http reads every export, and one of them loads Node's fetch
-// (undici): ~20 ms of CPU at every process start (test/app/startup-modules.test.ts).
-const http = process.getBuiltinModule('node:http');
+// (undici): ~20 ms of CPU at every process start (test/app/startup-modules.test.ts). Nor taken at import: a worker
+// and the queue process of `postern serve` import this file and serve no HTTP (their supervisor does), and node:http's
+// modules cost each ~25 ms of CPU at start; the first admin server takes it.
+const http = (): typeof import('node:http') => process.getBuiltinModule('node:http');
 
 export interface ReadinessCheck { ok: boolean; detail?: string }
 
@@ -123,7 +125,7 @@ export async function startAdminServer(listen: string, given: AdminTarget, limit
     status: oneAtATime(() => given.status()),
   };
   // Timeouts are checked every second (Node's default: every 30 s).
-  const server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
+  const server = http().createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
     for (const [name, value] of Object.entries(ANSWER_HEADERS)) res.setHeader(name, value);
     const hosts = limits?.hosts?.();
     if (hosts && !hostAllowed(req.headers.host, (name) => hosts.includes(name))) {

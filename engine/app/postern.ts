@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { Reloader } from '../reload/reloader.ts';
 import { digestInputs, watchedInputs } from '../reload/watched-inputs.ts';
 import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/restart-needed.ts';
-import { QueueRunner } from '../queue/runner.ts';
+import type { QueueRunner } from '../queue/runner.ts';
 import type { DeliveryResolver } from '../delivery/dns.ts';
 import { adminLimits, startAdminServer, type AdminServer } from '../admin/admin-server.ts';
 import { deliveryCounted, metrics, setAuthFailureProbe, setQueueProbe, setSpoolSyncProbe } from '../metrics/metrics.ts';
@@ -30,15 +30,17 @@ import { reloadCheck } from '../admin/reload-check.ts';
 import { onlyListener, storeCheck } from '../admin/store-check.ts';
 import type { Socket } from 'node:net';
 import { SpoolSet, workerSpoolDir } from '../cluster/spool-set.ts';
-import { startShadowing } from '../shadow/shadow-runner.ts';
 import { shadowCounts } from '../shadow/shadow-status.ts';
 import { startRecording } from '../replay/recorder.ts';
 import { registry } from '../metrics/metrics.ts';
 import type { ConnectionCounts, WorkerCounters } from '../cluster/shared-counters.ts';
-import { ExpiryWatch, SightingRecorder, deviceNames } from '../pki/index.ts';
+// From their own files, not the index: it loads the CA's issuing and revoking code too, which a server never runs.
+import { ExpiryWatch } from '../pki/expiry.ts';
+import { SightingRecorder } from '../pki/sightings.ts';
+import { deviceNames } from '../pki/locate.ts';
 import type { AccountsServer } from '../accounts/server.ts';
 import { createServer, type Server } from 'node:net';
-import { PolicyServer } from '../policy-service/policy-server.ts';
+import type { PolicyServer } from '../policy-service/policy-server.ts';
 import { listenPolicyService, type BoundPolicyService } from '../policy-service/listen.ts';
 import { privilegedPortHint } from '../config/privileged-ports.ts';
 
@@ -90,8 +92,8 @@ export interface RunningPostern {
   readonly policyServers: ReadonlyMap<string, PolicyServer>;
   readonly policyAddresses: ReadonlyMap<string, string>;
   readonly reloader: Reloader;
-  /** Delivers the spool (idle while delivery.enabled is false). */
-  readonly queue: QueueRunner;
+  /** Delivers the spool (idle while delivery.enabled is false); null in a worker, which delivers nothing. */
+  readonly queue: QueueRunner | null;
   /** The admin listener (metrics, health, status), when `admin.listen` is set. */
   readonly admin: AdminServer | null;
   /** Every spool this server delivers from (the queue runner's view). */
@@ -281,8 +283,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     }
     // Policy services answer in the workers like SMTP listeners (the supervisor hands their connections
     // over), so their scripts run with the same isolates, reloads and crash containment.
-    for (const p of role === 'queue' ? [] : config.policyServices) {
-      const policy = new PolicyServer(runtime, p);
+    // Loaded where one is configured: the queue process answers none, and most servers have none (~15 ms of CPU).
+    const { PolicyServer } = role === 'queue' || !config.policyServices.length ? { PolicyServer: null } : await import('../policy-service/policy-server.ts');
+    for (const p of PolicyServer ? config.policyServices : []) {
+      const policy = new PolicyServer!(runtime, p);
       policyServers.set(p.name, policy);
       if (role === 'worker') continue;
       const bound = await listenPolicyService(p, createServer((socket) => policy.handle(socket)));
@@ -299,7 +303,10 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     throw err;
   }
 
-  const queue = new QueueRunner({ spool: spools, generation: () => runtime.generation, logger, resolver: opts.resolver, operationsRoot: spools.root });
+  // The queue runner and the delivery code (~30 modules: ~13 ms of CPU at each start) where mail is delivered: a
+  // worker of `postern serve` spools, and the queue process delivers what it spooled.
+  const { QueueRunner } = role === 'worker' ? { QueueRunner: null } : await import('../queue/runner.ts');
+  const queue = QueueRunner && new QueueRunner({ spool: spools, generation: () => runtime.generation, logger, resolver: opts.resolver, operationsRoot: spools.root });
   const reloader = new Reloader({
     current: () => runtime.generation,
     swap(next) {
@@ -311,7 +318,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       takeSyncDeadline(next.config.spool.syncDeadlineMs);
       old.release();
       old.retire();
-      queue.reconfigured();
+      queue?.reconfigured();
     },
     servers,
     logger,
@@ -326,7 +333,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   if (opts.watch ?? true) await reloader.start({ watch: role === 'single', builtFrom });
 
   // Listeners' shadowScripts run beside the live scripts (engine/shadow/); nothing to do without any.
-  const stopShadowing = role === 'queue' ? () => undefined : startShadowing(logger, () => runtime.generation.config.sandbox.isolates);
+  // The queue process runs no listener's scripts: it starts without the shadow runner.
+  const stopShadowing = role === 'queue' ? () => undefined : (await import('../shadow/shadow-runner.ts')).startShadowing(logger, () => runtime.generation.config.sandbox.isolates);
   // `replay:` records each script call for `postern replay` (engine/replay/); each call's generation says whether.
   const recording = startRecording(logger);
 
@@ -337,8 +345,8 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     collector = setInterval(() => void spool.list().catch((err: unknown) => logger.warn({ err }, 'spool collection failed')), config.delivery.scanIntervalMs);
     collector.unref();
   } else {
-    runtime.onSpooled = (id) => queue.notify(id);
-    queue.start();
+    runtime.onSpooled = (id) => queue!.notify(id);
+    queue!.start();
   }
 
   metrics.generation.set(runtime.generation.serial);
@@ -347,7 +355,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
     metrics.lastReloadFailed.set(o.ok ? 0 : 1);
     metrics.generation.set(runtime.generation.serial);
   });
-  queue.onAttempt((e) => {
+  queue?.onAttempt((e) => {
     for (const o of e.outcomes) deliveryCounted(OUTCOME_RESULT[o.status], o.remoteMta);
     if (e.bounceId) metrics.bounces.inc();
   });
@@ -375,7 +383,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
           ...reloader.status.data,
           listeners: Object.fromEntries([...addresses].map(([name, a]) => [name, `${a.address}:${a.port}`])),
           policyServices: Object.fromEntries([...policyServers].map(([name, p]) => [name, { address: policyAddresses.get(name), connections: p.connections }])),
-          queue: { active: queue.activeCount, ...await spools.census() },
+          queue: { active: queue!.activeCount, ...await spools.census() },
           shadow: shadowCounts([await registry.getMetricsAsJSON()]),
         };
       },
@@ -409,7 +417,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
       const sessionsEnded = Promise.all([...servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
       // The queue runner too starts nothing more from now: stopped only after the build, it sent mail that came due
       // meanwhile, each such delivery racing the supervisor's kill (a kill after the next hop's 250 sends it again).
-      const queueClosed = queue.close();
+      const queueClosed = queue?.close();
       for (const p of policyServers.values()) p.close();
       await admin?.close();
       await accounts?.close();

@@ -1,5 +1,15 @@
 /** Password hashes for the users file: argon2id (PHC string) via @node-rs/argon2. */
-import { hash, parseOptions, verify } from '@node-rs/argon2';
+import { createRequire } from 'node:module';
+import type * as Argon2 from '@node-rs/argon2';
+
+// Its native binding is loaded by the first hash or check (~6 ms of CPU, with node:child_process, at each start of
+// every process of `postern serve`, though most servers never check a password). A binding that cannot be loaded
+// fails what asked for it with its error (verifyPassword rejects: the script's call fails closed), not a false.
+let argon2: typeof Argon2 | undefined;
+const library = (): typeof Argon2 => (argon2 ??= createRequire(import.meta.url)('@node-rs/argon2') as typeof Argon2);
+const hash: typeof Argon2.hash = (...args) => library().hash(...args);
+const verify: typeof Argon2.verify = (...args) => library().verify(...args);
+const parseOptions: typeof Argon2.parseOptions = (phc) => library().parseOptions(phc);
 
 export function hashPassword(password: string): Promise<string> {
   if (!password) throw new Error('refusing to hash an empty password');
@@ -42,6 +52,7 @@ export const someHash = (users: ReadonlyMap<string, string>): string | undefined
 
 /** Whether `phc` is an argon2 hash this library can read (a truncated or mistyped one matches no password, ever). */
 export function readableHash(phc: string): boolean {
+  const { parseOptions } = library(); // a binding that cannot load is not a hash that cannot be read
   try {
     parseOptions(phc);
     return true;

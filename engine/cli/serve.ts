@@ -6,8 +6,6 @@
 import { StartStopped, Supervisor } from '../cluster/supervisor.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { DEMO_USER, developmentPkiDir } from '../config/default-config.ts';
-import { writeDevelopmentPki } from '../certificates/index.ts';
-import { printQuickStart } from './quick-start.ts';
 import { notifyServiceManager } from './service-manager.ts';
 
 export async function serveCommand(opts: { config?: string }): Promise<void> {
@@ -58,6 +56,8 @@ export async function serveCommand(opts: { config?: string }): Promise<void> {
       stop: startStopped.signal,
       async prepare(loaded) {
         if (!embedded) return;
+        // The development PKI's code (the certificates' modules, ~15) only for the embedded configuration's quick start.
+        const [{ writeDevelopmentPki }, { printQuickStart }] = await Promise.all([import('../certificates/index.ts'), import('./quick-start.ts')]);
         const pki = await writeDevelopmentPki(developmentPkiDir(loaded.config.dataDir), { hostname: loaded.config.hostname, demoUser: DEMO_USER });
         printQuickStart(pki, new Map(loaded.config.listeners.map((l) => [l.name, l.listen])));
       },

@@ -29,8 +29,8 @@ import { writeCrashRecord } from './crash-record.ts';
 import { readFenceList } from './fence-book.ts';
 import { turnBufferedStdout } from '../logging/turn-buffered-stdout.ts';
 import { Accepting, FileRoom } from './accepting.ts';
-import { keepRunning, longestAuthWindow } from '../reload/restart-needed.ts';
-import { takeOver } from './running-handoff.ts';
+import { keepRunning, longestAuthWindow, type RunningSettings } from '../reload/restart-needed.ts';
+import { takeOver, type Handoff } from './running-handoff.ts';
 
 /** The queue process hears of new messages at most this late (see the 'spooled' message). */
 const ANNOUNCE_BATCH_MS = 100;
@@ -43,10 +43,12 @@ const send = (m: object): void => { if (process.connected) process.send!(m); };
 type Message = { t?: string; n?: number; reason?: string; listener?: string; policy?: boolean; ids?: string[]; dir?: string; list?: RunningScript[]; key?: string; port?: number; open?: number; total?: number; ip?: string; failures?: number[]; seen?: number };
 
 async function main(): Promise<void> {
-  const loaded = loadStartConfig({ configPath, regularFileOnly: true });
+  const handoff = takeOver();
+  const handedParse = handoff?.handedParse;
+  const loaded = loadStartConfig({ configPath, regularFileOnly: true, handed: handedParse });
   // What the server runs with, which the file may no longer say (an edit waiting for a restart): a process started
   // again takes the server's, or it would spool where no queue process looks.
-  const runningAs = takeOver();
+  const runningAs = handoff && withoutParse(handoff);
   if (runningAs) keepRunning(loaded.config, runningAs);
   // Before any script runs: should this process die at once, the supervisor reads what it was running.
   mkdirSync(crashDir(loaded.config.dataDir), { recursive: true, mode: 0o700 }); // the umask may be 000: no one else's
@@ -109,7 +111,7 @@ async function main(): Promise<void> {
     } else if (m.t === 'spooled') {
       // A worker's batch: the first read reopens its journal view, the rest of the batch find it there.
       for (const id of m.ids!) running!.spools.locate(id, m.dir!);
-      for (const id of m.ids!) running!.queue.notify(id);
+      for (const id of m.ids!) running!.queue!.notify(id);
     } else if (m.t === 'reload') {
       // The supervisor watches the inputs for every process (reload-coordinator.ts) and hears the outcome: a reload
       // does not reject (a failure before the swap is a refusal in the state told, one after it a warning: reloader.ts).
@@ -209,7 +211,7 @@ async function main(): Promise<void> {
     spooled = [];
   };
   running = await startOnceSpoolIsFree(loaded.config, {
-    configPath, regularFileOnly: true, role, workerIndex: index, counters, memoryStore: store, running: runningAs,
+    configPath, regularFileOnly: true, handed: handedParse, role, workerIndex: index, counters, memoryStore: store, running: runningAs,
     // The supervisor holds the data directory's lock; each child locks the spool it writes. A child of a
     // supervisor that died lets its sessions finish: a new server's child must not open that spool meanwhile
     // (it would delete segments and files it takes for a crash's leftovers): this one waits for it.
@@ -245,6 +247,11 @@ async function main(): Promise<void> {
 }
 
 let tellReloadState: () => void = () => undefined;
+
+/** The running settings of what the supervisor handed over, without its parse of postern.yaml. */
+function withoutParse({ handedParse: _, ...running }: Handoff): RunningSettings {
+  return running;
+}
 
 const unconfirmedBeat = (ms: number | null): { spoolUnconfirmedMs?: number } => (ms === null ? {} : { spoolUnconfirmedMs: ms });
 

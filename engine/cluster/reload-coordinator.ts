@@ -11,6 +11,7 @@
  */
 import type { LoadedConfig } from '../config/load-config.ts';
 import { loadStartConfig } from '../config/start-config.ts';
+import { parseToHand, type HandedParse } from '../config/handed-parse.ts';
 import type { Logger } from '../logging/logger.ts';
 import { ChangeWatcher, POLL_MS, describeSettling, settlingMessage } from '../reload/change-watcher.ts';
 import { digestInputs, unionInputs, watchedInputs, type WatchedInputs } from '../reload/watched-inputs.ts';
@@ -40,6 +41,11 @@ const SETTLE_MS = 50;
 
 export class ReloadCoordinator {
   readonly #configPath: string | undefined;
+  /**
+   * The start's parse of postern.yaml: the file is read again at each child's answer (and each settled change), and
+   * while it holds the same text that parse is taken, not made again (handed-parse.ts), as the children take it.
+   */
+  readonly #handed: HandedParse | undefined;
   readonly #log: Logger;
   readonly #tell: (reason: 'change' | 'SIGHUP') => void;
   readonly #watcher: ChangeWatcher;
@@ -64,6 +70,7 @@ export class ReloadCoordinator {
   constructor(loaded: LoadedConfig, configPath: string | undefined, log: Logger, tell: (reason: 'change' | 'SIGHUP') => void,
     pending: () => string[] = () => [], inForce: (loaded: LoadedConfig) => void = () => undefined, watchingChanged: () => void = () => undefined) {
     this.#configPath = configPath;
+    this.#handed = parseToHand(loaded);
     this.#pending = pending;
     this.#inForce = inForce;
     this.#log = log.child({ component: 'reload' });
@@ -99,7 +106,7 @@ export class ReloadCoordinator {
     // watched, since a refused configuration leaves the children on them).
     try {
       // Only a regular file is read: this is the supervisor's event loop, which a FIFO there would block for good.
-      const loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true });
+      const loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true, handed: this.#handed });
       this.#inputs = unionInputs(this.#inputs, watchedInputs(loaded));
       void this.#watcher.watch(this.#inputs);
     } catch { /* a broken configuration: the children refuse it and say why */ }
@@ -136,7 +143,7 @@ export class ReloadCoordinator {
     if (!digest || digest === this.#adopted || states.some((s) => s.lastError || s.digest !== digest)) return;
     let loaded: LoadedConfig;
     try {
-      loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true });
+      loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true, handed: this.#handed });
     } catch {
       return;
     }
@@ -180,7 +187,7 @@ export class ReloadCoordinator {
     let loaded: LoadedConfig;
     let disk: string;
     try {
-      loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true });
+      loaded = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true, handed: this.#handed });
       disk = await digestInputs(watchedInputs(loaded));
     } catch {
       return null;

@@ -46,6 +46,7 @@ import { lockEvenWhenFull, reservePath } from '../spool/reserve.ts';
 import { removeLeftoverTemporaries, writeFileAtomic } from '../spool/fsync.ts';
 import { childExecArgv } from './typescript-children.ts';
 import { CHILD_STDIO, handOver, RUNNING_ENV } from './running-handoff.ts';
+import { parseToHand, type HandedParse } from '../config/handed-parse.ts';
 import { longestAuthWindow, restartNeeded, runningSettings } from '../reload/restart-needed.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet, type QueueCensus } from './spool-set.ts';
@@ -261,10 +262,13 @@ export class Supervisor {
   /** Until every child was ready once: a child that fails before that fails the start. */
   #firstStart: { resolve(): void; reject(err: Error): void } | null = null;
   readonly #startedAt = new Date().toISOString();
+  /** postern.yaml as parsed at start, for each child to take when the file still holds that text (handed-parse.ts). */
+  readonly #handedParse: HandedParse | undefined;
 
   /** `root`: the logger `log` is a child of (the reload lines are component `reload`, not also `supervisor`). */
   private constructor(config: LoadedConfig, configPath: string | undefined, log: Logger, root: Logger) {
     this.config = config;
+    this.#handedParse = parseToHand(config);
     this.#configPath = configPath;
     this.log = log;
     this.#store = new StoreHost(createMemoryStore(config.config.store, log));
@@ -508,7 +512,7 @@ export class Supervisor {
       },
       stdio: CHILD_STDIO,
     });
-    handOver(proc, runningSettings(this.config.config));
+    handOver(proc, { ...runningSettings(this.config.config), handedParse: this.#handedParse });
     Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, silence: null, silentRanMs: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: performance.now() });
     proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
@@ -1213,7 +1217,8 @@ export class Supervisor {
   #pendingRestart(): string[] {
     let onDisk: LoadedConfig;
     try {
-      onDisk = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true }); // its event loop: never wait on a FIFO
+      // Its event loop: never wait on a FIFO. The start's parse while the file holds the same text (handed-parse.ts).
+      onDisk = loadStartConfig({ configPath: this.#configPath, regularFileOnly: true, handed: this.#handedParse });
     } catch {
       return []; // a broken file: the reload error says so
     }

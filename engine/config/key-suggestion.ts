@@ -5,7 +5,10 @@
  * reading only `Unrecognized key: "localDomain"` goes looking through the reference; Postfix's postconf names
  * no alternative either, but git, systemd and most CLIs do.
  */
-import { configKeys } from './describe.ts';
+import { createRequire } from 'node:module';
+
+// The reference's walk of the schema (describe.ts, with the schema and zod), loaded by the first unknown key.
+const configKeys = (): Array<{ path: string }> => (createRequire(import.meta.url)('./describe.ts') as typeof import('./describe.ts')).configKeys();
 
 // The schema's key paths (`listeners[].limits.maxConnections`, `delivery.clientCertificates.<name>.cert`), read
 // once and only when a configuration has an unknown key: building them walks the whole JSON Schema.

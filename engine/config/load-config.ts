@@ -4,10 +4,13 @@
  * all are reported together and the configuration is refused.
  */
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { domainToASCII } from 'node:url';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { LineCounter, parseDocument, isMap, type Document } from 'yaml';
-import { configSchema, MAX_DKIM_SIGNATURES, type Config } from './schema.ts';
+import type * as Yaml from 'yaml';
+import type { Document } from 'yaml';
+import type { Config } from './schema.ts';
+import { MAX_DKIM_SIGNATURES } from './local-domain.ts';
 import { listenOverlap } from './listen-overlap.ts';
 import { ConfigError, isPlainKey, keyPath, quotedKey, type ConfigProblem } from './config-error.ts';
 import { InputFileError, readInputFileSync } from './input-file.ts';
@@ -44,6 +47,12 @@ export interface NamedFolder {
   column?: number;
 }
 
+// The YAML parser and the schema (with zod: ~100 ms of CPU a process), loaded by the first parse: a child of `postern
+// serve` handed its supervisor's parse of the same text (start-config.ts) needs neither at start.
+const require = createRequire(import.meta.url);
+const yaml = (): typeof Yaml => require('yaml') as typeof Yaml;
+const schema = (): typeof import('./schema.ts') => require('./schema.ts') as typeof import('./schema.ts');
+
 /** The label of the built-in configuration (engine/config/default-config.ts), which names `scripts` for the docs' sake only. */
 export const EMBEDDED_DEFAULT = '(embedded default)';
 
@@ -64,6 +73,7 @@ function documentValue(doc: Document, file: string): unknown {
 export function parseConfig(text: string, file: string, baseDir: string): LoadedConfig {
   const tooLarge = configSizeProblem(text);
   if (tooLarge) throw new ConfigError([{ file, ...tooLarge }]);
+  const { LineCounter, parseDocument } = yaml();
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, merge: true });
   if (doc.errors.length) {
@@ -78,7 +88,7 @@ export function parseConfig(text: string, file: string, baseDir: string): Loaded
     const lp = lineCounter.linePos(pos);
     return { line: lp.line, column: lp.col };
   };
-  const parsed = configSchema.safeParse(documentValue(doc, file) ?? {});
+  const parsed = schema().configSchema.safeParse(documentValue(doc, file) ?? {});
   if (!parsed.success) {
     throw new ConfigError(parsed.error.issues.flatMap((issue) => {
       // Keys and values of the file show up in these: a key pasted by mistake must not.
@@ -132,7 +142,13 @@ export const SERVE_READS_AGAIN = ' (each process of postern serve, and each relo
  * which would block for ever), and `postern serve`'s start (its processes read it again). Other commands read
  * whatever the path is: `postern check --config <(generate)` has its writer then.
  */
-export function loadConfigFile(path: string, { regularFileOnly = false }: { regularFileOnly?: boolean } = {}): LoadedConfig {
+export function loadConfigFile(path: string, opts: { regularFileOnly?: boolean } = {}): LoadedConfig {
+  const { file, text } = readConfigFile(path, opts);
+  return parseConfig(text, file, dirname(file));
+}
+
+/** The text of the configuration file at `path` (resolved), refused as loadConfigFile refuses it before the parse. */
+export function readConfigFile(path: string, { regularFileOnly = false }: { regularFileOnly?: boolean } = {}): { file: string; text: string } {
   const file = resolve(path);
   let text: string;
   try {
@@ -141,7 +157,7 @@ export function loadConfigFile(path: string, { regularFileOnly = false }: { regu
     throw new ConfigError([{ file, message: `cannot read: ${(err as Error).message}${err instanceof InputFileError && err.reason === 'not a file' ? SERVE_READS_AGAIN : ''}` }]);
   }
   if (containsPrivateKey(text)) throw new ConfigError([{ file, message: privateKeyFileMessage('a configuration') }]);
-  return parseConfig(text, file, dirname(file));
+  return { file, text };
 }
 
 /** What dataDirDespiteErrors found: the folder (resolved), and whether the file names it (else the default). */
@@ -158,7 +174,7 @@ export function dataDirDespiteErrors(path: string, error: ConfigError): DataDirD
   const file = resolve(path);
   let value: unknown;
   try {
-    const doc = parseDocument(readFileSync(file, 'utf8'), { merge: true });
+    const doc = yaml().parseDocument(readFileSync(file, 'utf8'), { merge: true });
     if (doc.errors.length) return null;
     value = documentValue(doc, file) ?? {};
   } catch {
@@ -166,7 +182,7 @@ export function dataDirDespiteErrors(path: string, error: ConfigError): DataDirD
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
   const raw = value as { dataDir?: unknown; delivery?: unknown };
-  const dataDir = configSchema.shape.dataDir.safeParse(raw.dataDir);
+  const dataDir = schema().configSchema.shape.dataDir.safeParse(raw.dataDir);
   if (!dataDir.success) return null;
   const delivery = raw.delivery as { enabled?: unknown } | null | undefined;
   return {
@@ -183,7 +199,7 @@ export function dataDirDespiteErrors(path: string, error: ConfigError): DataDirD
 function nodeOffset(doc: Document, path: ReadonlyArray<PropertyKey>, atKey: boolean): number | undefined {
   if (atKey && path.length) {
     const parent = path.length === 1 ? doc.contents : doc.getIn(path.slice(0, -1) as unknown[], true);
-    if (isMap(parent)) {
+    if (yaml().isMap(parent)) {
       const pair = parent.items.find((it) => (it.key as { value?: unknown } | null)?.value === path.at(-1));
       const range = (pair?.key as { range?: number[] } | undefined)?.range;
       if (range) return range[0];

@@ -10,9 +10,8 @@ import { isIP } from 'node:net';
 import { z } from './zod.ts';
 import { parseCidr } from '../proxy-protocol/trusted-proxies.ts';
 import { isDnsServer } from '../dns/script-dns.ts';
-import { isHostName } from '../dns/host-name.ts';
 import { redisUrlProblem } from '../store/redis-url.ts';
-import { domainKey } from '../policy/domain-key.ts';
+import { isLocalDomain } from './local-domain.ts';
 import { MAX_TIMER_MS } from '../timing/timer-limit.ts';
 
 /** A file or folder; relative paths are resolved against the configuration file's folder. */
@@ -42,11 +41,6 @@ const nextHopHost = () => z.string().max(253).superRefine((h, ctx) => {
     ctx.addIssue({ code: 'custom', message: 'expected a host name of ASCII letters, digits and hyphens (an internationalised name in its A-labels, xn--…), or an IP address' });
   }
 });
-/** A `localDomains` entry a recipient's domain can equal: a name (any IDN spelling) or an address literal. */
-export const isLocalDomain = (d: string): boolean => {
-  const key = domainKey(d);
-  return isHostName(key) || (key.length <= 253 && /^\[[0-9a-f:.]+\]$|^\[ipv6:[0-9a-f:.]+\]$/.test(key));
-};
 /** access(5) actions that refuse for now: what a policy service may answer when its script failed. */
 const TEMPORARY_REFUSAL = /^(?:(?:DEFER_IF_PERMIT|DEFER)(?:[ \t].*)?|4\d\d(?:[ \t].*)?)$/i;
 /** Text inside a reply line: printable ASCII only (a line end would end the reply and start another). */
@@ -267,8 +261,6 @@ const outboundCertificateSchema = z.strictObject({
 
 const port = () => z.number().int().min(1).max(65535).default(25);
 
-/** Signatures one delivery may carry (one per key: an RSA and an Ed25519 key is the usual pair, RFC 8463 §4). */
-export const MAX_DKIM_SIGNATURES = 8;
 
 const dkimKeySchema = z.strictObject({
   domain: z.string().regex(/^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/, 'expected a domain name')

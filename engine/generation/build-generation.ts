@@ -31,7 +31,7 @@ import { checkScriptsFolder } from './scripts-folders.ts';
 import { trustsEveryClient } from '../proxy-protocol/trusted-proxies.ts';
 import { exposures } from '../config/exposure.ts';
 import { pinTableDigests } from '../policy/pin-table-digests.ts';
-import { unloadedCrls } from '../pki/index.ts';
+import { unloadedCrls } from '../pki/crl-coverage.ts'; // not the index (the CA's issuing code)
 import { pkiPaths } from '../pki/layout.ts';
 import { NO_REVOKED_DEVICES, readRevokedDevices, readsRevokedDevices, type RevokedDevices } from '../pki/revoked-devices.ts';
 import { dirname } from 'node:path';

@@ -12,7 +12,7 @@
 import { readInputFile, readProblem } from '../config/input-file.ts';
 import { linesOf, slicer } from '../config/give-way.ts';
 import { containsPrivateKey, privateKeyFileMessage, quoteLine } from '../certificates/key-material.ts';
-import { isLocalDomain } from '../config/schema.ts';
+import { isLocalDomain } from '../config/local-domain.ts';
 import { domainKey } from './domain-key.ts';
 import { asciiSafeLowerCase, asciiSafeNfc } from './sender-logins.ts';
 import { DRAWS_NOTHING } from '../text/draws-nothing.ts';

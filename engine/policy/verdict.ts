@@ -7,7 +7,7 @@
 import { isIP } from 'node:net';
 import type { DeferVerdict, Verdict, PredeliveryVerdict, HookName } from '../sandbox/api/index.ts';
 import { checkHeaderEdits, HeaderEditError } from './header-edits.ts';
-import { MAX_DKIM_SIGNATURES } from '../config/schema.ts';
+import { MAX_DKIM_SIGNATURES } from '../config/local-domain.ts';
 
 export class VerdictError extends Error {
   /** A failure of this kind, in the log and the metrics (as ScriptFailure's `error`, `timeout`, `memory`). */

@@ -28,11 +28,20 @@ import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit
 import { clientAddress } from '../addresses/socket-address.ts';
 import { closeIdlestFor, closeSlowestTransferFor, makeRoomFor } from './listener-room.ts';
 import { handshakeDeadline } from '../timing/handshake-deadline.ts';
+import { deferModule } from '../loading/deferred-module.ts';
 
 // smtp-server's CommonJS build, not its ES modules: those import nodemailer's, which import node:http, and an ES
 // import of node:http reads every export of it, one of which loads Node's own fetch (undici): ~20 ms of CPU at
 // every start of a process (test/app/startup-modules.test.ts). Same code either way (both are built from one source).
-const { SMTPServer } = createRequire(import.meta.url)('smtp-server') as { SMTPServer: typeof SMTPServerClass };
+// smtp-server requires nodemailer's shared helpers, which require nodemailer's fetch (node:http, node:https, node:zlib,
+// its cookie jar: ~20 ms of CPU at each start of a worker) for content given as a URL, which the server never has:
+// that require gets a stand-in that loads the real module at its first use (deferred-module.ts).
+function smtpServer(): { SMTPServer: typeof SMTPServerClass } {
+  const fromSmtpServer = createRequire(createRequire(import.meta.url).resolve('smtp-server'));
+  deferModule(fromSmtpServer, '../fetch/index.js', { requirer: 'nodemailer/lib/shared', early: { __esModule: true } });
+  return fromSmtpServer('smtp-server') as { SMTPServer: typeof SMTPServerClass };
+}
+const { SMTPServer } = smtpServer();
 type SMTPServer = SMTPServerClass;
 
 /** Everything a listener is built from (see listener-options.ts). */

@@ -85,7 +85,7 @@ before(async () => {
       },
     })),
   });
-  attemptLog = recordAttempts(postern.queue);
+  attemptLog = recordAttempts(postern.queue!);
 });
 after(async () => {
   await postern?.close();

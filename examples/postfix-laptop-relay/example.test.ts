@@ -75,7 +75,7 @@ listeners:
     logger: process.env.POSTERN_TEST_LOG ? createLogger(process.env.POSTERN_TEST_LOG, process.stderr)
       : createLogger('info', new Writable({ write(chunk: Buffer, _enc, cb) { logs.push(chunk.toString()); cb(); } })),
   });
-  attemptLog = recordAttempts(laptop.queue);
+  attemptLog = recordAttempts(laptop.queue!);
 });
 after(async () => {
   await laptop?.close();

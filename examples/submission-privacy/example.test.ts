@@ -26,7 +26,7 @@ before(async () => {
     doc.setIn(['delivery', 'dkim', 'example-com', 'privateKey'], keyFile);
     doc.setIn(['delivery', 'route'], { smarthost: { host: '127.0.0.1', port: mx.port } });
   });
-  attempts = recordAttempts(ex.running.queue);
+  attempts = recordAttempts(ex.running.queue!);
 });
 after(async () => {
   await ex?.stop();

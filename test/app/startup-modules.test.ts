@@ -10,7 +10,9 @@ import { execFileSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { once } from 'node:events';
-import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { loadConfigFile } from '../../engine/config/load-config.ts';
+import { parseToHand } from '../../engine/config/handed-parse.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -41,12 +43,16 @@ test('starting the server\'s modules loads neither Node\'s fetch (undici), nor a
  * ~20 ms of CPU a process; the aggregator is the supervisor's, loaded at its first scrape).
  * @opentelemetry/api: required by prom-client's process CPU counter for exemplars, never enabled (51 files, ~30 ms).
  * zod's locales but English (engine/config/zod.ts: 63 files, ~35 ms). nodemailer's SMTP client: loaded by the first
- * delivery (engine/delivery/connection-pool.ts), which a worker or a command never makes.
+ * delivery (engine/delivery/connection-pool.ts), which a worker or a command never makes; its fetch (behind the shared
+ * helpers smtp-server requires: engine/smtp/postern-server.ts). argon2: the first password check (password-hash.ts).
+ * The quick start's text: the embedded configuration's start alone (engine/cli/serve.ts).
+ * The PKI's index: its CA's issuing and revoking code, which a server never runs (postern.ts takes the parts it uses).
  */
 const NOT_AT_START = [
   /node_modules\/prom-client\/index\.js$/, /node_modules\/prom-client\/lib\/(pushgateway|summary|cluster)\.js$/, /node_modules\/(tdigest|bintrees)\//,
   /node_modules\/@opentelemetry\//, /node_modules\/zod\/v4\/locales\/(?!en\.c?js$)/,
-  /node_modules\/nodemailer\/dist\/cjs\/smtp-connection\//,
+  /node_modules\/nodemailer\/dist\/cjs\/(smtp-connection|fetch)\//, /node_modules\/@node-rs\/argon2/,
+  /engine\/cli\/quick-start\.ts$/, /engine\/pki\/(index|revoke|devices)\.ts$/,
 ];
 
 test('@opentelemetry/api, left out at start, is the real package where something uses it', async () => {
@@ -87,35 +93,70 @@ test('the watchdog thread starts without node:crypto', async () => {
 });
 
 /**
- * The queue process of `postern serve` listens on nothing: it starts without the SMTP server (smtp-server and the
- * session's modules, ~60 files: ~45 ms of CPU at each of its starts), which engine/app/postern.ts loads only for a
- * process that serves connections.
+ * Each process of `postern serve` starts without what its role never does there (each its own process here, so that
+ * what one role loaded is not taken for the other's). The queue process listens on nothing: no SMTP server
+ * (smtp-server and the session's modules, ~60 files: ~45 ms of CPU at each of its starts), no policy service, no
+ * shadow runner. A worker delivers nothing: no queue runner and delivery code (~30 files, ~13 ms). Neither serves HTTP
+ * (node:http, ~25 ms: the supervisor's admin server) nor, without a policy service configured, loads its server.
+ * Both start without argon2's native binding (the first password check loads it) and nodemailer's fetch (required
+ * by the shared helpers smtp-server requires, for content given as a URL: node:http, node:https, node:zlib). And
+ * handed their supervisor's parse of postern.yaml (engine/config/handed-parse.ts), without the YAML parser and zod.
  */
-test('the queue process starts without the SMTP server', async () => {
+test('each process of the server starts without what its role does not do', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'postern-startup-modules-'));
   try {
     await mkdir(join(dir, 'scripts'));
     const config = `dataDir: ${JSON.stringify(join(dir, 'data'))}\nscripts: ${JSON.stringify(join(dir, 'scripts'))}\nlocalDomains: [example.test]\nlisteners:\n  - name: in\n    listen: 127.0.0.1:2525\n`;
-    const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
-      import { registerHooks } from 'node:module';
-      const urls = [];
-      registerHooks({ load(url, context, next) { urls.push(url); return next(url, context); } });
-      const { startPostern } = await import(${JSON.stringify(`${ROOT}engine/app/postern.ts`)});
-      const config = ${JSON.stringify(config)};
-      for (const role of ['queue', 'worker']) {
+    const configPath = join(dir, 'postern.yaml');
+    await writeFile(configPath, config);
+    const handed = parseToHand(loadConfigFile(configPath));
+    const started = (role: string): Record<string, number> => {
+      const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
+        import { registerHooks } from 'node:module';
+        const urls = [];
+        registerHooks({ load(url, context, next) { urls.push(url); return next(url, context); } });
+        const { startPostern } = await import(${JSON.stringify(`${ROOT}engine/app/postern.ts`)});
+        const role = ${JSON.stringify(role)};
         const dataDir = ${JSON.stringify(join(dir, 'data'))};
-        const running = await startPostern({ configText: config, baseDir: ${JSON.stringify(dir)}, role, watch: false, workers: 1,
+        const running = await startPostern({ configPath: ${JSON.stringify(configPath)}, regularFileOnly: true, handed: ${JSON.stringify(handed)}, role, watch: false, workers: 1,
           lockDir: role === 'queue' ? dataDir + '/spool' : dataDir + '/spool/worker-0' });
-        console.log(JSON.stringify({ role, smtpServer: urls.filter((u) => /node_modules\\/smtp-server\\//.test(u)).length }));
+        const count = (re) => urls.filter((u) => re.test(u)).length;
+        console.log(JSON.stringify({ started: role,
+          smtpServer: count(/node_modules\\/smtp-server\\//), queueRunner: count(/engine\\/(queue\\/runner|delivery\\/transaction)\\.ts$/),
+          policyServer: count(/engine\\/policy-service\\/policy-server\\.ts$/), shadowRunner: count(/engine\\/shadow\\/shadow-runner\\.ts$/),
+          nodemailerFetch: count(/node_modules\\/nodemailer\\/dist\\/cjs\\/fetch\\//), argon2: count(/node_modules\\/@node-rs\\/argon2/),
+          http: process.moduleLoadList.filter((m) => m === 'NativeModule http').length, yamlAndZod: count(/node_modules\\/(yaml|zod)\\//) }));
         await running.close();
-      }
-      process.exit(0);
-    `], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NODE_NO_WARNINGS: '1' } });
-    const lines = out.trim().split('\n').filter((l) => l.startsWith('{"role"')).map((l) => JSON.parse(l) as { role: string; smtpServer: number });
-    assert.deepEqual(lines.map((l) => l.role), ['queue', 'worker']);
-    assert.equal(lines[0]!.smtpServer, 0, 'the queue process loaded smtp-server');
-    assert.ok(lines[1]!.smtpServer > 0, 'a worker loads it (the check above can see it)');
+        process.exit(0);
+      `], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, NODE_NO_WARNINGS: '1' } });
+      return JSON.parse(out.trim().split('\n').find((l) => l.startsWith('{"started"'))!) as Record<string, number>;
+    };
+    const queue = started('queue');
+    const worker = started('worker');
+    assert.deepEqual({ ...queue, queueRunner: queue.queueRunner! > 0 },
+      { started: 'queue', smtpServer: 0, queueRunner: true, policyServer: 0, shadowRunner: 0, nodemailerFetch: 0, argon2: 0, http: 0, yamlAndZod: 0 },
+      'the queue process: loaded at start (its runner: the check can see it)');
+    assert.deepEqual({ ...worker, smtpServer: worker.smtpServer! > 0, shadowRunner: worker.shadowRunner! > 0 },
+      { started: 'worker', smtpServer: true, queueRunner: 0, policyServer: 0, shadowRunner: true, nodemailerFetch: 0, argon2: 0, http: 0, yamlAndZod: 0 },
+      'a worker: loaded at start (smtp-server and the shadow runner: the check can see them)');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+/**
+ * What the stand-ins put off is there where first used: nodemailer's fetch behind smtp-server's shared helpers, and
+ * argon2 at the first password check (a hash made and checked).
+ */
+test('nodemailer\'s fetch and argon2, left out at start, work where used', async () => {
+  await import('../../engine/smtp/postern-server.ts');
+  const fromSmtpServer = createRequire(createRequire(import.meta.url).resolve('smtp-server'));
+  const shared = createRequire(fromSmtpServer.resolve('nodemailer/lib/shared'));
+  const fetch = shared('../fetch/index.js') as { default: unknown; Cookies?: unknown };
+  assert.equal(typeof fetch.default, 'function');
+  const { hashPassword, verifyPassword, readableHash } = await import('../../engine/auth/password-hash.ts');
+  const phc = await hashPassword('secret');
+  assert.ok(readableHash(phc));
+  assert.equal(await verifyPassword(phc, 'secret'), true);
+  assert.equal(await verifyPassword(phc, 'wrong'), false);
 });

@@ -38,7 +38,7 @@ for (const key of ['concurrency', 'perDestinationConcurrency'] as const) {
         resolver: fakeResolver({ 'next.test': [{ exchange: 'mx.next.test', priority: 10 }] }, { 'mx.next.test': ['127.0.0.1'] }),
       });
       const server = s;
-      await until('one transaction at the next hop, the other attempt under way (waiting for a slot)', () => held.length === 1 && server.queue.activeCount === 2, { timeoutMs: 60_000 });
+      await until('one transaction at the next hop, the other attempt under way (waiting for a slot)', () => held.length === 1 && server.queue!.activeCount === 2, { timeoutMs: 60_000 });
 
       await writeFile(join(s.dir, 'postern.yaml'), config(2));
       assert.equal((await s.reloader.reload('test')).ok, true);

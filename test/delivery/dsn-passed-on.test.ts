@@ -147,7 +147,7 @@ test('an ENVID spooled by an earlier release that is not printable US-ASCII is n
       session: { listener: 'in', remoteAddress: '127.0.0.1', helo: null, authenticatedUser: null, clientCertificate: null },
       attempts: 0, nextAttemptAt: new Date().toISOString(), errors: [],
     });
-    s.queue.notify(id);
+    s.queue!.notify(id);
     const e = await s.nextAttempt((x) => x.id === id, { timeoutMs: 30_000, past: true });
     assert.deepEqual(e.outcomes.map((o) => [o.recipient, o.status, o.reply]).filter(([, status]) => status !== 'delivered'), []);
   } finally {

@@ -44,7 +44,7 @@ test('a message to many dead domains does not hold back a message to a healthy o
     await until('the first dead destination reached', () => connections() >= 1, { timeoutMs: 60_000 });
     let atDelivery = -1;
     let listDone = false;
-    const off = s.queue.onAttempt((e) => {
+    const off = s.queue!.onAttempt((e) => {
       if (e.id === list) listDone = true;
       else if (e.removed) atDelivery = connections();
     });

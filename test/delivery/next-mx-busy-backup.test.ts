@@ -35,10 +35,10 @@ test('a greylisting first MX and a backup MX with a full backlog: an attempt wit
     await s.send('a@origin.test', ['x0@backup.test']);
     await until('the backup has a message, its slot held', () => held.length === 1, { timeoutMs: 30_000 });
     await s.send('a@origin.test', ['x1@backup.test']);
-    await until('a second message waits for the backup\'s slot', () => s.queue.activeCount === 2, { timeoutMs: 30_000 });
+    await until('a second message waits for the backup\'s slot', () => s.queue!.activeCount === 2, { timeoutMs: 30_000 });
     const id = await s.send('a@origin.test', ['b@grey.test']);
-    await until('the message tried, or set aside', () => s.attempts.some((x) => x.id === id) || s.queue.parkedCount > 0, { timeoutMs: 30_000 });
-    assert.equal(s.queue.parkedCount, 0, 'not set aside as untried');
+    await until('the message tried, or set aside', () => s.attempts.some((x) => x.id === id) || s.queue!.parkedCount > 0, { timeoutMs: 30_000 });
+    assert.equal(s.queue!.parkedCount, 0, 'not set aside as untried');
     const e = s.attempts.find((x) => x.id === id)!;
     assert.equal(e.outcomes[0]!.status, 'temporary');
     assert.match(e.outcomes[0]!.reply, /451 4\.7\.1 greylisted/, 'the first MX\'s reply');

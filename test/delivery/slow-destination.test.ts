@@ -61,7 +61,7 @@ test('a slow destination with a backlog holds its own slots, not the queue runne
     assert.equal(e.removed, true, 'delivered while the slow destination still sits on its first message');
     assert.equal(held.length, 1, 'the slow destination has had one message at a time (perDestinationConcurrency: 1)');
     // One on the peer, one waiting for its slot; the rest set aside, holding no attempt slot.
-    await until('the slow backlog set aside', () => s.queue.activeCount === 2 && s.queue.parkedCount === SLOW_MESSAGES - 2, { timeoutMs: 30_000 });
+    await until('the slow backlog set aside', () => s.queue!.activeCount === 2 && s.queue!.parkedCount === SLOW_MESSAGES - 2, { timeoutMs: 30_000 });
     // It answers now, each message as it comes: every one delivered once, none deferred for being busy.
     const answer = (): void => { for (const sock of held.splice(0)) sock.write('250 2.0.0 queued\r\n'); };
     await until('every slow message delivered', () => {
@@ -86,7 +86,7 @@ test('a message for the slow destination and another domain, while the slow one\
     await s.send('a@origin.test', ['x0@slow.test']);
     await until('the slow destination has the first message', () => held.length === 1, { timeoutMs: 30_000 });
     await s.send('a@origin.test', ['x1@slow.test']);
-    await until('a second message waits for its slot', () => s.queue.activeCount === 2, { timeoutMs: 30_000 });
+    await until('a second message waits for its slot', () => s.queue!.activeCount === 2, { timeoutMs: 30_000 });
     const both = await s.send('a@origin.test', ['y@slow.test', 'z@healthy.test']);
     const e = await s.nextAttempt((x) => x.id === both, { timeoutMs: 30_000, past: true });
     assert.deepEqual(e.outcomes.map((o) => `${o.recipient} ${o.status}`).sort(), ['y@slow.test temporary', 'z@healthy.test delivered']);

@@ -33,13 +33,13 @@ test('a destination suspended while its backlog is set aside: every message of t
     const ids: string[] = [];
     for (let i = 0; i < MESSAGES; i++) ids.push(await s.send('a@origin.test', [`x${i}@slow.test`]));
     // One at the peer, one waiting for its slot, the rest set aside: all before the reply times out.
-    await until('the backlog set aside', () => held.length === 1 && s.queue.parkedCount === MESSAGES - 2, { timeoutMs: 30_000 });
+    await until('the backlog set aside', () => held.length === 1 && s.queue!.parkedCount === MESSAGES - 2, { timeoutMs: 30_000 });
     assert.equal(s.attempts.length, 0, 'nothing timed out yet');
     const outcomes = await Promise.all(ids.map(async (id) => (await s.nextAttempt((e) => e.id === id, { timeoutMs: 60_000, past: true })).outcomes[0]!));
     assert.ok(outcomes.every((o) => o.status === 'temporary'));
     const suspended = outcomes.filter((o) => /^delivery temporarily suspended: .*timed out/.test(o.reply));
     assert.equal(suspended.length, MESSAGES - 1, 'all but the one that timed out deferred as suspended');
-    assert.equal(s.queue.parkedCount, 0);
+    assert.equal(s.queue!.parkedCount, 0);
   } finally {
     for (const sock of held) sock.destroy();
     await s.stop();

@@ -126,7 +126,7 @@ test(`at most ${MAX_TRANSACTIONS} transactions per attempt; the rest go in the n
   assert.equal(one.attempts.length, MAX_TRANSACTIONS);
   // postern queue retry: the next attempt sends the two left over, in two transactions.
   assert.deepEqual(await retryMessages(s.runtime.spool, [id]), [id]);
-  await s.queue.scan();
+  await s.queue!.scan();
   const done = await s.nextAttempt((x) => x.id === id && x.attempt === 2, { past: true });
   assert.equal(done.removed, true, JSON.stringify(done.outcomes));
   assert.deepEqual(done.outcomes.map((o) => [o.recipient, o.status]), all.slice(MAX_TRANSACTIONS).map((r) => [r, 'delivered']));

@@ -29,14 +29,14 @@ export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<
   // Loaded here, not at the top: files that import this one for parseDsn() or fakeResolver() start no server in-process.
   const { startTestServer } = await import('./postern.ts');
   const running = await startTestServer(opts);
-  const { attempts, next } = recordAttempts(running.queue);
+  const { attempts, next } = recordAttempts(running.queue!);
   const firstListener = [...running.addresses.keys()][0]!;
   const server: DeliveryServer = Object.assign(running, {
     attempts,
     port: (name?: string) => running.addresses.get(name ?? firstListener)!.port,
     nextAttempt: next,
     send: (from: string, to: string[], body?: string) => submitMessage(server.port(), from, to, body),
-    scans: countScans(running.queue),
+    scans: countScans(running.queue!),
   });
   return server;
 }

@@ -169,7 +169,7 @@ test('a message put on hold while its attempt waits for room in delivery.maxByte
     blocking = false;
     held[0]!.write('250-peer\r\n250 8BITMIME\r\n');
     assert.equal((await s.nextAttempt((e) => e.id === going, { timeoutMs: 60_000, past: true })).removed, true);
-    await until('the held message\'s attempt has ended', () => s!.queue.activeCount === 0, { timeoutMs: 60_000 });
+    await until('the held message\'s attempt has ended', () => s!.queue!.activeCount === 0, { timeoutMs: 60_000 });
     assert.deepEqual(s.attempts.filter((e) => e.id === waiting), [], 'no attempt of the held message');
     assert.equal(await s.spools.isHeld(waiting), true);
     assert.ok(s.logs.some((l) => String(l.msg).startsWith(`${waiting}: on hold, not attempted`)));
@@ -226,7 +226,7 @@ test('an attempt waiting for room in delivery.maxBytesInMemory when a reload tur
     blocking = false;
     held[0]!.write('250-peer\r\n250 8BITMIME\r\n'); // the attempt under way goes on (begun before)
     assert.equal((await s.nextAttempt((e) => e.id === going, { timeoutMs: 60_000, past: true })).removed, true);
-    await until('no attempt under way', () => server.queue.activeCount === 0, { timeoutMs: 60_000 });
+    await until('no attempt under way', () => server.queue!.activeCount === 0, { timeoutMs: 60_000 });
     assert.deepEqual(s.attempts.filter((e) => e.id === waiting), [], 'not attempted while delivery is off');
     assert.equal(await s.spools.has(waiting), true);
 

@@ -17,7 +17,7 @@ test('off by default; enabling it by reload delivers what the spool holds', asyn
     const id = await s.send('me@origin.test', ['r@dest.test']);
     // The runner is told of a message when it is committed, before the 250: had it taken it, it would
     // hold it now (queued or in an attempt).
-    assert.deepEqual([s.queue.queuedCount, s.queue.activeCount], [0, 0], 'the runner did not take it');
+    assert.deepEqual([s.queue!.queuedCount, s.queue!.activeCount], [0, 0], 'the runner did not take it');
     assert.deepEqual(await s.runtime.spool.list(), [id], 'kept in the spool');
     assert.equal(s.attempts.length, 0);
     assert.ok(s.logs.some((l) => String(l.msg).startsWith('delivery disabled')));

@@ -193,7 +193,7 @@ test('a hold made while the message waits for its retry time stops that attempt,
   });
   try {
     let holding: Promise<void> | null = null;
-    s2.queue.onAttempt((e) => {
+    s2.queue!.onAttempt((e) => {
       // Held as soon as its first attempt is recorded: RETRY_AFTER_S before the retry is due.
       if (e.attempt === 1 && !holding) holding = s2.spools.hold(e.id, { at: new Date().toISOString(), by: null });
     });

@@ -24,14 +24,14 @@ test('a message\'s announcement arriving after its first attempt (the scan found
   try {
     // Accepted from the first attempt's end on, whatever comes next: the announcement below, or (on a machine that
     // kept this test from it for 0.5 s) the retry, which with later@ still refused made the removal attempt 3.
-    s.queue.onAttempt((e) => { if (e.attempt === 1) refuseLater = false; });
+    s.queue!.onAttempt((e) => { if (e.attempt === 1) refuseLater = false; });
     const id = await s.send('a@origin.test', ['ok@dest.test', 'later@dest.test']);
     const first = await s.nextAttempt((e) => e.id === id, { past: true });
     assert.equal(first.removed, false, 'later@ deferred');
-    await until('the first attempt over', () => s.queue.activeCount === 0);
+    await until('the first attempt over', () => s.queue!.activeCount === 0);
     // What child.ts does with a worker's 'spooled' message, here after the attempt the scan started (in a server a
     // scan may run before the worker's batch of announcements is sent, ANNOUNCE_BATCH_MS).
-    s.queue.notify(id);
+    s.queue!.notify(id);
     const last = await s.nextAttempt((e) => e.id === id && e.removed, { past: true });
     const copies = (rcpt: string): number => sink.messages.filter((m) => m.to.includes(rcpt)).length;
     assert.equal(copies('ok@dest.test'), 1, 'the recipient delivered at the first attempt: once');
@@ -55,13 +55,13 @@ test('a message that comes due again while its attempt is still under way: not a
   });
   try {
     let concurrent = 0;
-    s.queue.onAttempt((e) => {
+    s.queue!.onAttempt((e) => {
       if (e.attempt !== 1 || e.removed) return;
       // The deferral is recorded, the retry scheduled, the attempt not over yet. Once the retry is due (within 1 ms
       // of its scheduling), something wakes the runner: here the message's own announcement, come late.
       for (const start = performance.now(); performance.now() - start < 3;); // the retry is due by now
-      s.queue.notify(e.id);
-      concurrent = s.queue.activeCount;
+      s.queue!.notify(e.id);
+      concurrent = s.queue!.activeCount;
     });
     const id = await s.send('a@origin.test', ['b@dest.test']);
     const last = await s.nextAttempt((e) => e.id === id && e.removed, { past: true });

@@ -42,7 +42,7 @@ test('hold and delete on a 2,000-message queue: the running server does not rere
     });
     try {
       await s.scans(1, 120_000);
-      assert.equal(s.queue.queuedCount, MESSAGES, 'every deferred message scheduled, the held one not');
+      assert.equal(s.queue!.queuedCount, MESSAGES, 'every deferred message scheduled, the held one not');
       let reads = 0;
       const readState = s.spools.readState.bind(s.spools);
       s.spools.readState = (id: string) => { reads++; return readState(id); };
@@ -51,7 +51,7 @@ test('hold and delete on a 2,000-message queue: the running server does not rere
       assert.deepEqual(held.changed, [ids[10]]);
       assert.equal(await deleteMessage(s.spools, ids[20]!), true);
       await s.scans(2, 120_000);
-      assert.equal(s.queue.queuedCount, MESSAGES - 2, 'the held one and the deleted one are no longer scheduled');
+      assert.equal(s.queue!.queuedCount, MESSAGES - 2, 'the held one and the deleted one are no longer scheduled');
       assert.ok(reads < 10, `${reads} state files read after a hold and a delete, in a queue of ${MESSAGES}`);
 
       // Release still makes the message due at once.

@@ -47,7 +47,7 @@ export default function predelivery(ctx: PredeliveryContext): PredeliveryVerdict
 `,
     },
   });
-  s.queue.onAttempt((e) => {
+  s.queue!.onAttempt((e) => {
     if (e.attempt === 1 && !e.removed) firstStates.set(e.id, readFileSync(s.runtime.spool.statePath(e.id), 'utf8'));
   });
 });

@@ -136,7 +136,7 @@ test('a retry request written while the runner removes the one whose attempt it 
     ({ s, id } = await serverWithDeferredMessage(dataDir, peer.port));
     const config = join(s.dir, 'postern.yaml');
     let retried = false;
-    s.queue.onAttempt((e) => {
+    s.queue!.onAttempt((e) => {
       if (e.id !== id || interpose) return;
       accept = true; // the next hop fixed meanwhile
       interpose = async (path) => {

@@ -18,14 +18,14 @@ test('scans failing at the open-file limit are logged once per episode, and the 
   try {
     const failed = (): Array<Record<string, unknown>> => s.logs.filter((l) => /spool scan failed/.test(String(l.msg)) && Number(l.level) >= 50);
     const recovered = (): Array<Record<string, unknown>> => s.logs.filter((l) => /spool scan works again/.test(String(l.msg)));
-    await s.queue.scan(); // warm: what a scan opens lazily is open
+    await s.queue!.scan(); // warm: what a scan opens lazily is open
     for (let episode = 1; episode <= 2; episode++) {
       const [failedBefore, recoveredBefore] = [failed().length, recovered().length];
       const full = exhaustDescriptors();
       try {
         for (let i = 0; i < 20; i++) {
           full.topUp(); // what the last scan closed
-          await s.queue.scan();
+          await s.queue!.scan();
         }
       } finally {
         full.release();
@@ -38,7 +38,7 @@ test('scans failing at the open-file limit are logged once per episode, and the 
       assert.equal(errors, endedWithin + 1, `20 failed scans in episode ${episode}: logged at error once per episode (${endedWithin} ended by a scan that found a descriptor free)`);
       assert.ok(errors <= 5, `not per scan (${errors} error lines for 20 scans)`);
       assert.match(JSON.stringify(failed().at(-1)), /EMFILE/, 'the cause');
-      await s.queue.scan();
+      await s.queue!.scan();
       assert.equal(recovered().length - recoveredBefore, endedWithin + 1, 'the scan that works again says so once');
       const failures = Number(recovered().at(-1)!.failures);
       assert.ok(failures >= 1 && failures <= 20, `with how many failed (${failures}; calls made during a scan share it)`);

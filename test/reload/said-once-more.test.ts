@@ -38,8 +38,8 @@ delivery:
       assert.equal((await s.reloader.reload('SIGHUP')).ok, true);
       assert.notEqual(s.runtime.generation.serial, serial);
       // The runner reads the files of a new generation at its scan.
-      await s.queue.scan();
-      await s.queue.materialRead;
+      await s.queue!.scan();
+      await s.queue!.materialRead;
     }
     assert.equal(s.logs.filter(notCa).length, 1, JSON.stringify(s.logs.filter(notCa).map((l) => l.msg)));
   } finally {

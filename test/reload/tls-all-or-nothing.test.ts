@@ -93,7 +93,7 @@ test('a step after the swap that throws: the new generation is in force and the 
     const reloads = s.reloader.status.data.reloads;
     const digest = s.reloader.state().digest;
     // The queue runner told of the new generation (the last thing the swap does), throwing.
-    s.queue.reconfigured = () => { throw new Error('the queue runner could not be told'); };
+    s.queue!.reconfigured = () => { throw new Error('the queue runner could not be told'); };
     const mark = s.logs.length;
     await writeFile(join(s.dir, 'postern.yaml'), `${await readFile(join(s.dir, 'postern.yaml'), 'utf8')}# edited\n`);
     const outcome = await s.reloader.reload('SIGHUP');

@@ -104,7 +104,7 @@ test('the queue runner moves a message out of the journal at its second deferral
     // Looked at as the first deferral ends: looked at once the test had the event, the retry 0.2 s on could have
     // moved it already (a machine that descheduled the test that long).
     const fileAfterFirst = new Map<string, boolean>();
-    s.queue.onAttempt((e) => { if (e.attempt === 1) fileAfterFirst.set(e.id, existsSync(spool.messagePath(e.id))); });
+    s.queue!.onAttempt((e) => { if (e.attempt === 1) fileAfterFirst.set(e.id, existsSync(spool.messagePath(e.id))); });
     const id = await s.send('sender@example.com', ['someone@down.test'], 'Subject: deferred\r\n\r\nbody\r\n');
     await s.nextAttempt((e) => e.id === id && e.attempt === 1, { past: true });
     assert.equal(fileAfterFirst.get(id), false, 'still in the journal after the first deferral');
