@@ -46,6 +46,8 @@ import { envKnob } from '../config/env-knob.ts';
 
 export class ChangeWatcher {
   #watches: PathWatches | null = null;
+  /** The inputs the folders' identities and the sizes' baseline were last taken for (as JSON). */
+  #watchedSet = '';
   #timer: NodeJS.Timeout | null = null;
   /** The inputs last watched, and their scripts folders. */
   #inputs: WatchedInputs | null = null;
@@ -140,7 +142,9 @@ export class ChangeWatcher {
       if (this.#watchedAlone(path) && !OUT_OF_WATCHES.has(err.code ?? '')) return;
       this.#watchFailed(err);
     });
-    if (first || fresh) {
+    const set = JSON.stringify(inputs);
+    if (first || fresh || set !== this.#watchedSet) {
+      this.#watchedSet = set;
       this.#folderIds = await folderIdentities(watchedFolders(inputs));
       // The baseline for "shrank": taken at the first watch; an input named later counts from its first size seen.
       const sizes = await sizesOfInputs(inputs);
