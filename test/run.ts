@@ -85,8 +85,7 @@ for (const file of files) {
     writeFileSync(join(stripped, strippedName(source)), stripTypeScriptTypes(source.toString('utf8')));
   } catch { /* not strippable: its process strips it, and reports why, as without a copy */ }
 }
-// Five files at once on two cores (three took 1125 s for 1849 tests on 2026-12-07, past what CI allows with its set-up;
-// four kept the cores 83% busy, 1137 s for 1893 s of CPU with 2147 tests on 2026-12-08, CI 20.6 minutes):
+// Four files at once on two cores (three took 1125 s for 1849 tests on 2026-12-07, past what CI allows with its set-up):
 // many tests spend most of their time waiting (a real minute of a session's
 // idle time, a server's restart back-off, a peer's timeout), and with two at once such a file held half the run.
 // Every Node process of the run (test files, the CLI, servers and their children) keeps the code it compiled
@@ -99,7 +98,7 @@ const sharedPki = mkdtempSync(join(tmpdir(), 'postern-test-pki-'));
 await sharedTestPki(sharedPki);
 // The ports test/helpers/free-port.ts hands out, one file each, so that no two test files get the same one.
 const portClaims = mkdtempSync(join(tmpdir(), 'postern-test-ports-'));
-const runner = spawn(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=5', '--test-timeout=120000', ...reporters, ...files], {
+const runner = spawn(process.execPath, ['--test', '--test-force-exit', ...exitHook, '--test-concurrency=4', '--test-timeout=120000', ...reporters, ...files], {
   stdio: 'inherit',
   env: { ...process.env, NODE_NO_WARNINGS: '1', NODE_COMPILE_CACHE: compileCache, POSTERN_TEST_PORTS: portClaims, POSTERN_TEST_CPU_LOG: fileCpu, POSTERN_TEST_STRIPPED: stripped, POSTERN_TEST_PKI: sharedPki },
 });
