@@ -26,9 +26,6 @@ export class PathWatches {
     this.#onError = onError;
   }
 
-  /** The paths watched now. */
-  get paths(): string[] { return [...this.#watches.keys()]; }
-
   /** Watch `path` (a symlink is followed, as the file system reports for what it leads to); already watched: nothing. */
   add(path: string): void {
     if (!this.#watches.has(path)) this.#set(path);
