@@ -206,7 +206,7 @@ test('postern serve: newcomers to a listener held full by idle connections on bo
 });
 
 // Under `postern serve`, a client dripping its command a byte at a time is cut by whichever worker has it
-// (limits.socketTimeoutMs bounds each line, see test/smtp/slow-clients.test.ts), and its per-IP slot, counted
+// (limits.socketTimeoutMs bounds each line, see test/smtp/listener-slots.test.ts, slow-clients), and its per-IP slot, counted
 // by the supervisor over every worker, comes back: drippers cannot hold an address's (or the listener's) slots.
 test('drippers on both workers are cut at socketTimeoutMs and their per-IP slots come back', async () => {
   const cluster = server!;
