@@ -1,7 +1,7 @@
 // engine/metrics: the metrics Postern registers are the ones docs/operations.md lists, and the hot metrics
 // (plain maps instead of prom-client's label hashing) scrape exactly as prom-client's own counter and
 // histogram would for the same updates, alone and summed over processes by prom-client's aggregator.
-// (That they move by what a real session did: test/admin/metrics.test.ts, test/cluster/admin.test.ts.)
+// (That they move by what a real session did: test/admin/admin-listener.test.ts (metrics), test/cluster/admin.test.ts.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
