@@ -1,5 +1,5 @@
 // The product's response deadline: tests of whole servers shorten it (POSTERN_RESPONSE_DEADLINE_MS, as
-// test/accounts/account-page-unread-answers.test.ts does) rather than wait it out, so its value is checked here.
+// test/accounts/account-page-http.test.ts does, account-page-unread-answers) rather than wait it out, so its value is checked here.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RESPONSE_DEADLINE_MS, defaultResponseDeadlineMs } from '../../engine/connection-limits/connection-room.ts';
