@@ -3,11 +3,8 @@
  * identity (engine/pki inventory) and the keys pinned to it in the listener's pin table, with when the
  * server last saw each. Every change goes through engine/pki (the code `postern pki` / `postern pins` run),
  * so it is written atomically and applied by the running server's reload.
- *
- * Adapter over the library: a bare public key (PEM) becomes its pin here, since addPin takes certificates
- * and pins only.
  */
-import { X509Certificate, createHash, createPublicKey } from 'node:crypto';
+import { X509Certificate, createPublicKey } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
@@ -142,13 +139,13 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
   if (!file) throw new AccountError(`Listener ${ctx.listener.name} has no pin table (certificateIdentity.pins): only issued certificates can be added.`);
   const input = (typeof given === 'string' ? given : uploadedText(given)).trim();
   if (!input) throw new AccountError('Paste a certificate, a public key or a pin.');
-  let pin = input;
-  if (input.includes('-----BEGIN PUBLIC KEY-----')) pin = publicKeyPin(input);
-  else if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(input)) throw new AccountError('That is a private key: never paste it anywhere. Paste the certificate or the public key.');
+  // Whatever else comes with it: a public key pasted after its private key was taken from the private key.
+  if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(input)) throw new AccountError('That is a private key: never paste it anywhere. Paste the certificate or the public key.');
   await refuseDuplicateName(ctx, identity, device);
   try {
-    await refuseAnotherAccountsKey(ctx, identity, pinOf(pin));
-    return await addPin(file, { identity, certificateOrPin: pin, device, whenLocked });
+    // A certificate or public key as it came (not its pin): pinOf refuses a key too weak to name the account.
+    await refuseAnotherAccountsKey(ctx, identity, pinOf(input));
+    return await addPin(file, { identity, certificateOrPin: input, device, whenLocked });
   } catch (err) {
     if (err instanceof AccountError || err instanceof SessionEnded) throw err;
     // addPin names the account a key is already pinned for: maybe another user's; say less.
@@ -184,15 +181,6 @@ function uploadedText(bytes: Buffer): string {
     return createPublicKey({ key: bytes, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }).toString();
   } catch {
     throw new AccountError('The file is neither a certificate nor a public key (PEM or DER).');
-  }
-}
-
-function publicKeyPin(pem: string): string {
-  try {
-    const spki = createPublicKey(pem).export({ type: 'spki', format: 'der' });
-    return createHash('sha256').update(spki).digest('hex');
-  } catch (err) {
-    throw new AccountError(`Not a public key: ${(err as Error).message}`);
   }
 }
 

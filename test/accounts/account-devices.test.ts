@@ -96,6 +96,26 @@ test('uploads: DER certificate, DER and PEM public key; a private key, garbage a
   assert.equal((await findDevice(ctx, 'ERIN@example.com', erinPhone!.id))?.name, 'phone');
 });
 
+test('a public key too weak to name the account is refused in every form, and a private key whatever comes with it', async () => {
+  // The same bar as a certificate's key (pinOf): its pin would never name the account, the device never sign in.
+  const refused = async (device: string, given: string | Buffer, message: RegExp): Promise<void> => {
+    await assert.rejects(addAccountKey(ctx, 'gina@example.com', device, given), (err: Error) => err instanceof AccountError && message.test(err.message));
+  };
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 1024 });
+  await refused('laptop', rsa.publicKey.export({ type: 'spki', format: 'pem' }).toString(), /^Not added: a 1024-bit rsa key is too weak to pin/);
+  await refused('laptop', rsa.publicKey.export({ type: 'spki', format: 'der' }), /^Not added: a 1024-bit rsa key is too weak to pin/);
+  const dsa = generateKeyPairSync('dsa', { modulusLength: 1024, divisorLength: 160 });
+  await refused('laptop', dsa.publicKey.export({ type: 'spki', format: 'pem' }).toString(), /^Not added: a 1024-bit dsa key is too weak to pin/);
+  // A private key pasted with its public key after it: refused as a private key alone is.
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const both = `${ec.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()}${ec.publicKey.export({ type: 'spki', format: 'pem' }).toString()}`;
+  await refused('laptop', both, /That is a private key/);
+  await refused('laptop', Buffer.from(both), /That is a private key/);
+  assert.deepEqual((await listPins(pinsFile)).filter((p) => p.identity === 'gina@example.com'), []);
+  // A strong one still goes in.
+  assert.equal((await addAccountKey(ctx, 'gina@example.com', 'laptop', ec.publicKey.export({ type: 'spki', format: 'pem' }).toString())).identity, 'gina@example.com');
+});
+
 test('the key of a certificate the CA issued to another account is refused, in every form; its own account may pin it', async () => {
   // Field mode: frank's certificate is not pinned, and certificates are public (signed mail carries them).
   const frank = await issueAccountDevice(ctx, 'frank@example.com', 'desk', 30);
