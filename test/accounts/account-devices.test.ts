@@ -116,6 +116,20 @@ test('a public key too weak to name the account is refused in every form, and a 
   assert.equal((await addAccountKey(ctx, 'gina@example.com', 'laptop', ec.publicKey.export({ type: 'spki', format: 'pem' }).toString())).identity, 'gina@example.com');
 });
 
+test('a key another account pinned in another pin table (a policy service\'s) is refused; its own account may pin it here too', async () => {
+  // Bob's device sends through Postfix (the policy service's pins); pinned to mallory in the listener's table, the
+  // same device connecting to the listener would sign in as mallory.
+  const bob = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
+  const pem = bob.export({ type: 'spki', format: 'pem' }).toString();
+  await addPin(join(dir, 'policy_pins'), { identity: 'bob@example.com', certificateOrPin: pem, device: 'phone' });
+  const spki = bob.export({ type: 'spki', format: 'der' });
+  for (const given of [pem, spki, pinOf(spki), Buffer.from(pinOf(spki), 'hex').toString('base64url')]) {
+    await assert.rejects(addAccountKey(ctx, 'mallory@example.com', 'phone', given), (err: Error) => err instanceof AccountError && err.message === 'That key is already registered.');
+  }
+  assert.deepEqual((await listPins(pinsFile)).filter((p) => p.pinSha256 === pinOf(spki)), []);
+  assert.equal((await addAccountKey(ctx, 'BOB@example.com', 'phone', pem)).identity, 'bob@example.com');
+});
+
 test('the key of a certificate the CA issued to another account is refused, in every form; its own account may pin it', async () => {
   // Field mode: frank's certificate is not pinned, and certificates are public (signed mail carries them).
   const frank = await issueAccountDevice(ctx, 'frank@example.com', 'desk', 30);
