@@ -160,12 +160,18 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
  * The key of a certificate this server's CA issued to another account (certificates are public): pinned here
  * it would name this account whenever that certificate stops verifying (expired), so its owner's device
  * would sign in as this account. So is a key another account has pinned in the pin table of another listener or
- * policy service: pinned in this one too, its owner's device would sign in here as this account. Refused as any
- * key already registered, without saying whose it is.
+ * policy service (pinned in this one too, its owner's device would sign in here as this account), and the key of
+ * a certificate the server has seen name another account (a CA of `caFiles` other than pki.dir's, whose issued
+ * certificates the inventory does not list: a sighting takes a handshake, so only the key's holder makes one).
+ * Refused as any key already registered, without saying whose it is.
  */
 async function refuseAnotherAccountsKey(ctx: AccountContext, identity: string, pinSha256: string): Promise<void> {
+  const taken = (named: string | null | undefined): boolean => !!named && !same(named, identity);
   for (const table of pinTableFiles(ctx.config)) {
-    if ((await listPins(table)).some((p) => p.pinSha256 === pinSha256 && !same(p.identity, identity))) throw new AccountError('That key is already registered.');
+    if ((await listPins(table)).some((p) => p.pinSha256 === pinSha256 && taken(p.identity))) throw new AccountError('That key is already registered.');
+  }
+  for (const seen of (await readSightings(ctx.config.dataDir)).values()) {
+    if (seen.pinSha256 === pinSha256 && (taken(seen.identity) || taken(seen.knownAs))) throw new AccountError('That key is already registered.');
   }
   const dir = caDir(ctx);
   if (!dir || !existsSync(pkiPaths(dir).caCert)) return;

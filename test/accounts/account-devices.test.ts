@@ -11,6 +11,7 @@ import { addPin, initCa, listPins, readInventory } from '../../engine/pki/index.
 import {
   AccountError, accountDevices, addAccountKey, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from '../../engine/accounts/account-devices.ts';
+import { SightingRecorder } from '../../engine/pki/sightings.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 
 let dir = '';
@@ -128,6 +129,23 @@ test('a key another account pinned in another pin table (a policy service\'s) is
   }
   assert.deepEqual((await listPins(pinsFile)).filter((p) => p.pinSha256 === pinOf(spki)), []);
   assert.equal((await addAccountKey(ctx, 'BOB@example.com', 'phone', pem)).identity, 'bob@example.com');
+});
+
+test('the key of a certificate the server saw name another account (a CA of caFiles not pki.dir\'s) is refused; its own account may pin it', async () => {
+  // alice's certificate of another CA the listener trusts, seen on the listener (the recorder the server writes with):
+  // pinned to mallory, her device would sign in as mallory once that certificate expires.
+  const alice = new X509Certificate(await readFile(pki.clients.alice.cert, 'utf8'));
+  const recorder = new SightingRecorder(ctx.config.dataDir, 'single', { delayMs: 1 });
+  recorder.seen({
+    fingerprintSha256: createHash('sha256').update(alice.raw).digest('hex'), pinSha256: pki.clients.alice.pinSha256, serial: alice.serialNumber,
+    subject: alice.subject, issuer: alice.issuer, notAfter: new Date(alice.validTo).toISOString(), listener: 'submission',
+    identity: 'alice@example.com', verdict: 'verified', lastConnection: 'c1',
+  });
+  await recorder.close();
+  for (const given of [alice.toString(), alice.raw, pki.clients.alice.pinSha256]) {
+    await assert.rejects(addAccountKey(ctx, 'mallory@example.com', 'laptop', given), (err: Error) => err instanceof AccountError && err.message === 'That key is already registered.');
+  }
+  assert.equal((await addAccountKey(ctx, 'alice@example.com', 'laptop', alice.raw)).identity, 'alice@example.com');
 });
 
 test('the key of a certificate the CA issued to another account is refused, in every form; its own account may pin it', async () => {
