@@ -217,9 +217,11 @@ export async function retireAccountDevice(ctx: AccountContext, device: AccountDe
   let unpinned = false;
   const file = pinFile(ctx);
   // A revoked certificate leaves every pin table, as with postern pki revoke: another listener's, or a policy
-  // service's (Postfix checks no CRL), would still name its account.
-  const files = new Set(revoked ? pinTableFiles(ctx.config) : []);
-  if (device.pinned && file) files.add(file);
+  // service's (Postfix checks no CRL), would still name its account. So does a key removed here: pinned for the
+  // account in another table too (postern pins add --listener), a stolen laptop's went on sending mail there.
+  // The page's own table first: the change checked against the session (whenLocked) is that one.
+  const files = new Set<string>(device.pinned && file ? [file] : []);
+  if (revoked || device.pinned) for (const f of pinTableFiles(ctx.config)) files.add(f);
   // Once revoked, its pins go whatever happens to the session (the revocation stands); else the first change is checked.
   for (const f of files) if ((await removePin(f, { pin: device.pinSha256 }, revoked || unpinned ? undefined : whenLocked)).length) unpinned = true;
   if (!revoked && !unpinned) throw new AccountError(`Device "${device.name}" is already ${device.status}.`);

@@ -97,6 +97,19 @@ test('uploads: DER certificate, DER and PEM public key; a private key, garbage a
   assert.equal((await findDevice(ctx, 'ERIN@example.com', erinPhone!.id))?.name, 'phone');
 });
 
+test('a pinned key removed on the page leaves every pin table, as a revoked certificate does', async () => {
+  // The same device pinned for the account by the administrator for Postfix too (postern pins add --listener postfix).
+  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  const entry = await addAccountKey(ctx, 'hank@example.com', 'laptop', key);
+  await addPin(join(dir, 'policy_pins'), { identity: 'hank@example.com', certificateOrPin: key, device: 'laptop' });
+  const laptop = (await accountDevices(ctx, 'hank@example.com')).find((d) => d.name === 'laptop')!;
+  const change = await retireAccountDevice(ctx, laptop, 'keyCompromise');
+  assert.deepEqual([change.revoked, change.unpinned], [false, true]);
+  for (const table of [pinsFile, join(dir, 'policy_pins')]) {
+    assert.deepEqual((await listPins(table)).filter((p) => p.pinSha256 === entry.pinSha256), [], table);
+  }
+});
+
 test('a public key too weak to name the account is refused in every form, and a private key whatever comes with it', async () => {
   // The same bar as a certificate's key (pinOf): its pin would never name the account, the device never sign in.
   const refused = async (device: string, given: string | Buffer, message: RegExp): Promise<void> => {
