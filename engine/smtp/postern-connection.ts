@@ -21,6 +21,7 @@ import { batchReply } from './reply-batch.ts';
 import { catalogueReplyFor, refusalContext, type GreetingWait } from './smtp-server-replies.ts';
 import { RecipientCount, refuseTooMany } from './recipient-count.ts';
 import { parameterControlRefusal } from './parameter-controls.ts';
+import { withWrittenPath, writtenPath } from './written-path.ts';
 import { useMessageStream } from './message-stream.ts';
 import { continueInOrder } from './parser-continue.ts';
 import { PipelinedInput } from './pipelined-input.ts';
@@ -504,7 +505,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
         // closed unanswered (tls.strict) was refused, by the close: counted, and its line says no reply went out.
         if (!clientLeft) this.#refusalCounted(stage, code, sent.reason);
         const unsent = closedUnanswered ? 'the connection was closed without a reply (tls.strict)' : clientLeft ? 'the client had left' : null;
-        logRefusal(this.#server.runtime.logger, this, stage, sent, this.#withEnvelope(facts), unsent);
+        logRefusal(this.#server.runtime.logger, this, stage, sent, this.#withEnvelope(withWrittenPath(stage, facts, addressCommand)), unsent);
       } else if (clientLeft && stage === 'END-OF-MESSAGE') {
         // Spooled (and delivered), but the client never read its 250: it may send the message again.
         this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress, reply: sent.message },
@@ -767,8 +768,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // An over-long line was dropped unread: no command of its own, so the session's stage, not the last verb's.
     const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
     const asked = (stage === 'MAIL' || stage === 'RCPT') && addressCommand ? this.#askedAddress(stage, addressCommand) : false;
-    const mail = (stage === 'MAIL' && asked) || this.session.envelope?.mailFrom;
-    const rcpt = stage === 'RCPT' && asked ? asked.address : undefined;
+    // A path that does not parse is named as written, not as the sender or the recipients so far.
+    const written = (stage === 'MAIL' || stage === 'RCPT') && addressCommand && !asked ? writtenPath(addressCommand) : undefined;
+    const mail = stage === 'MAIL' && written !== undefined ? { address: written } : (stage === 'MAIL' && asked) || this.session.envelope?.mailFrom;
+    const rcpt = stage === 'RCPT' ? written ?? (asked ? asked.address : undefined) : undefined;
     const reason = catalogued ?? smtpServerReason(code, text, context);
     this.#refusalCounted(stage, code, reason);
     const overLimit = context === 'TOO_MANY_RECIPIENTS' ? this.state.recipientOvershoot + 1 : undefined;
