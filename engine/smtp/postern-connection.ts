@@ -20,7 +20,7 @@ import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { catalogueReplyFor, refusalContext, type GreetingWait } from './smtp-server-replies.ts';
 import { RecipientCount, refuseTooMany } from './recipient-count.ts';
-import { parameterControlRefusal } from './parameter-controls.ts';
+import { parameterControlRefusal, unnamedParameterRefusal } from './parameter-controls.ts';
 import { withWrittenPath, writtenPath } from './written-path.ts';
 import { useMessageStream } from './message-stream.ts';
 import { continueInOrder } from './parser-continue.ts';
@@ -848,7 +848,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override handler_MAIL(command: Buffer, callback: Callback): void {
     const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('MAIL', path, callback);
-    const badParameter = parameterControlRefusal(path);
+    const badParameter = parameterControlRefusal(path) ?? unnamedParameterRefusal(path);
     if (badParameter) return this.#answerPath('MAIL', badParameter, callback);
     super.handler_MAIL(path, callback);
   }
@@ -856,7 +856,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override handler_RCPT(command: Buffer, callback: Callback): void {
     const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('RCPT', path, callback);
-    const badParameter = parameterControlRefusal(path);
+    const badParameter = parameterControlRefusal(path) ?? unnamedParameterRefusal(path);
     if (badParameter) return this.#answerPath('RCPT', badParameter, callback);
     const maxRecipients = this.state.listener.limits.maxRecipients;
     // smtp-server counts distinct recipients only (one named again replaces the first, never over the limit): past
