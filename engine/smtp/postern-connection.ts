@@ -965,6 +965,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     if (st.saslAuthenticated) return refuse(reply('authAlreadyDone'));
     if (this.session.envelope.mailFrom) return refuse(reply('authInTransaction'));
     if (st.listener.tls.mode !== 'none' && !this.secure) return refuse(reply('authNeedsTls'));
+    // A bare AUTH is a syntax error (Postfix: 501 5.5.4 Syntax: AUTH mechanism), not a mechanism this listener lacks.
+    if (method === '' && st.listener.auth.mechanisms.length) return refuse(reply('authSyntax'));
     if (!st.listener.auth.mechanisms.includes(method as 'PLAIN')) return refuse(reply('authMechanismUnknown'));
     // An address over its auth-failure limit gets no further AUTH on any connection, even one opened before.
     this.#server.policy.authAllowed(this).then((refusal) => {
