@@ -52,6 +52,9 @@ const CLIENT_WENT_AWAY = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNRE
  * Commands that move no mail forward: Postfix's junk commands (NOOP, RSET, VRFY), with HELP, EXPN, and HELO
  * and EHLO (each runs the helo script; a client needs two, around STARTTLS).
  */
+/** EXTERNAL's refusals of its response (sasl-external.ts), as PLAIN and LOGIN answer the same. */
+const EXTERNAL_REFUSALS = { cancelled: 'authAborted', notBase64: 'authBadBase64', malformed: 'authMalformed' } as const;
+
 const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'HELP', 'EXPN', 'HELO', 'EHLO']);
 
 /** Commands a refusal of smtp-server's own is logged under; any other verb is UNKNOWN (log and metric labels stay few). */
@@ -1018,7 +1021,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   #finishExternal(response: string, continuation: boolean, callback: Callback): void {
     const parsed = parseExternalResponse(response, continuation);
     if (!parsed.ok) {
-      this.#answer('AUTH', parsed.cancelled ? reply('authAborted') : reply('authBadBase64'));
+      this.#answer('AUTH', reply(EXTERNAL_REFUSALS[parsed.failure]));
       return callback();
     }
     this.#server.policy.authenticate(this, { mechanism: 'EXTERNAL', username: parsed.authzid, password: '', authzid: parsed.authzid })
