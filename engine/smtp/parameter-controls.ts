@@ -34,8 +34,11 @@ export function parameterControlRefusal(command: Buffer): SmtpReply | null {
  * as written, as Postfix answers it (`555 5.5.4 Unsupported option: =x`).
  */
 export function unnamedParameterRefusal(command: Buffer): SmtpReply | null {
-  if (!command.includes(0x3d)) return null; // the usual case: no `=` at all, or only in named parameters below
-  const parts = command.toString('utf8').split(':');
+  if (!command.includes(0x3d)) return null; // no `=` at all
+  const text = command.toString('utf8');
+  // The usual case: no `=` after a blank (SIZE=, BODY= … have their name before it), as smtp-server splits (\s).
+  if (!/\s=/.test(text)) return null;
+  const parts = text.split(':');
   parts.shift(); // `MAIL FROM` or `RCPT TO`
   const words = parts.join(':').trim().split(/\s+/);
   words.shift(); // the path
