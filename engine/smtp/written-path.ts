@@ -17,7 +17,9 @@ export function writtenPath(command: Buffer): string {
   // Within angle brackets, up to the closing one (a quoted local part may hold spaces); else the first word.
   const close = rest.startsWith('<') ? rest.indexOf('>') : -1;
   const path = rest.startsWith('<') ? rest.slice(1, close < 0 ? undefined : close) : rest.split(/\s/, 1)[0]!;
-  return clientText(path);
+  // Blanks and angle brackets escaped as well: the line's text names its addresses `from=<…> to=<…>`, and a path that
+  // never parsed could otherwise write fields of its own there (`<x; to=<ceo@x> nrcpt=1>`) for a reader of the text.
+  return clientText(path).replace(/[\s<>]/gu, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
 }
 
 /**

@@ -147,7 +147,9 @@ test('a MAIL or RCPT refused for its path (it does not parse, a quoted local par
   const long = `${'x'.repeat(3000)}@example.test`;
   const refused: Array<[string, number, string]> = [
     ['RCPT TO:<a@b@example.test>', 501, 'a@b@example.test'],
-    ['RCPT TO:<"a b"@example.test>', 553, '"a b"@example.test'],
+    ['RCPT TO:<"a b"@example.test>', 553, '"a\\u{20}b"@example.test'],
+    // A path that never parsed writes no field of its own into the line's text: its blanks and brackets escaped.
+    ['RCPT TO:<x@y;\tto=<ceo@example.test> nrcpt=1>', 501, 'x@y;\\u{9}to=\\u{3c}ceo@example.test'],
     ['RCPT TO:<c\u00adeo@example.test>', 553, 'c\\u{ad}eo@example.test'],
     ['RCPT TO:<d@example.test> ORCPT=rfc822;a+0Ab', 501, 'd@example.test'],
     ['RCPT TO:e@example.test', 501, 'e@example.test'],
