@@ -257,8 +257,12 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         // the client's fault, logged at info with its reason, not as a server error with a stack trace.
         if (reported.has(err)) return; // one failure reaches here from the TCP socket and from TLS over it
         reported.add(err);
-        if (err.remoteAddress && handshakeFailed(err)) metrics.tlsHandshakeFailures.inc({ listener: l.name });
-        if (err.remoteAddress) logger.info({ cid: err.cid, listener: l.name, ...handshakeDecision(err), client: err.remoteAddress, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
+        // A client's TLS handshake failed (implicit TLS, STARTTLS) even when its address is gone: a client that reset
+        // before the server accepted it or before the handshake began (a scanner, a plaintext client on port 465) has
+        // none left to ask the kernel for (getpeername: ENOTCONN), and its failure read as the listener's own.
+        const fromClient = !!err.remoteAddress || err.tlsHandshake === true || err.starttls === true;
+        if (fromClient && handshakeFailed(err)) metrics.tlsHandshakeFailures.inc({ listener: l.name });
+        if (fromClient) logger.info({ cid: err.cid, listener: l.name, ...handshakeDecision(err), client: err.remoteAddress || null, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
         else logger.error({ listener: l.name, err }, 'listener error');
       });
       if (role === 'worker') { // the supervisor owns the listening socket

@@ -462,6 +462,7 @@ const ROWS = {
   authInTransaction: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['MAIL FROM:<someone@example.net>', plainLogin('alice@example.com')]) },
   authNeedsTls: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'mx', [plainLogin('alice@example.com')]) },
   authMechanismUnknown: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['AUTH CRAM-MD5']) },
+  authSyntax: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['AUTH']) },
   authExternalSyntax: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL a b'], alice) },
   authAborted: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL', '*'], alice) },
   authBadBase64: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL !!!'], alice) },

@@ -131,3 +131,43 @@ test("smtp-server's own refusals are logged like Postern's: the command as stage
   assert.match(String(lines[1]!.msg), /: defer: RCPT from [\w.-]+\[127\.0\.0\.1\]: 452 4\.5\.3 <c@example\.test>: Error: too many recipients; from=<someone@example\.net> to=<c@example\.test> proto=ESMTP helo=<client\.example> over_limit=1$/);
   assert.equal(await counted() - countedBefore, 3, 'postern_smtp_refusals_total counts them');
 });
+
+test('a MAIL or RCPT refused for its path (it does not parse, a quoted local part, a character no address carries, a bad parameter) names the path the client wrote, not the recipients accepted before it', async () => {
+  let c!: SmtpTestClient;
+  await until('a connection under the per-IP limit again', async () => {
+    c = await SmtpTestClient.connect(s.port('mx'));
+    if ((await c.read()).code === 220) return true;
+    c.destroy();
+    return false;
+  });
+  assert.equal((await c.command('EHLO client.example')).code, 250);
+  const before = refusals().length;
+  assert.equal((await c.command('MAIL FROM:<someone@example.net> SMTPUTF8')).code, 250);
+  assert.equal((await c.command('RCPT TO:<accepted@example.test>')).code, 250);
+  const long = `${'x'.repeat(3000)}@example.test`;
+  const refused: Array<[string, number, string]> = [
+    ['RCPT TO:<a@b@example.test>', 501, 'a@b@example.test'],
+    ['RCPT TO:<"a b"@example.test>', 553, '"a\\u{20}b"@example.test'],
+    // A path that never parsed writes no field of its own into the line's text: its blanks and brackets escaped.
+    ['RCPT TO:<x@y;\tto=<ceo@example.test> nrcpt=1>', 501, 'x@y;\\u{9}to=\\u{3c}ceo@example.test'],
+    ['RCPT TO:<c\u00adeo@example.test>', 553, 'c\\u{ad}eo@example.test'],
+    ['RCPT TO:<d@example.test> ORCPT=rfc822;a+0Ab', 501, 'd@example.test'],
+    ['RCPT TO:e@example.test', 501, 'e@example.test'],
+    [`RCPT TO:<${long}>`, 501, `${long.slice(0, 256)}...`],
+  ];
+  for (const [command, code] of refused) assert.equal((await c.command(command)).code, code, command);
+  assert.equal((await c.command('RSET')).code, 250);
+  assert.equal((await c.command('MAIL FROM:<x@y@example.net>')).code, 501);
+  await c.quit();
+
+  const lines = refusals().slice(before);
+  assert.equal(lines.length, refused.length + 1, JSON.stringify(lines.map((l) => l.msg)));
+  refused.forEach(([command, code, written], i) => {
+    const line = lines[i]!;
+    assert.deepEqual([line.stage, line.code, line.to, line.nrcpt, line.from], ['RCPT', code, written, undefined, 'someone@example.net'], command);
+    assert.ok(String(line.msg).endsWith(`; from=<someone@example.net> to=<${written}> proto=ESMTP helo=<client.example>`), `${command}: ${String(line.msg)}`);
+  });
+  const mail = lines.at(-1)!;
+  assert.deepEqual([mail.stage, mail.code, mail.from], ['MAIL', 501, 'x@y@example.net']);
+  assert.match(String(mail.msg), /: reject: MAIL from [\w.-]+\[127\.0\.0\.1\]: 501 5\.1\.7 <x@y@example\.net>: Error: Bad sender address syntax; from=<x@y@example\.net> proto=ESMTP helo=<client\.example>$/);
+});

@@ -4,6 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { Worker } from 'node:worker_threads';
 import tls from 'node:tls';
 import { Writable } from 'node:stream';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
@@ -80,6 +81,44 @@ test('implicit TLS: a client that fails the handshake is logged at info with its
   assert.equal(line!.client, '127.0.0.1');
   assert.match(String((line!.clientError as { message: string }).message), /unsupported protocol/i);
   assert.equal(await failures(), before + 1);
+});
+
+const asleep = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * A client on its own thread that connects and resets (RST) at once, `first` written before the reset, while this
+ * thread's event loop (the server's) is held: the server accepts a connection already reset, whose address the
+ * kernel no longer gives (getpeername: ENOTCONN), as a loaded server accepts a scanner that came and went.
+ */
+async function resetWhileHeld(port: number, first: string): Promise<void> {
+  const done = new Int32Array(new SharedArrayBuffer(4));
+  const worker = new Worker(`
+    const net = require('node:net');
+    const { workerData: { port, first, done } } = require('node:worker_threads');
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.on('connect', () => { if (first) socket.write(first); setTimeout(() => socket.resetAndDestroy(), 50); });
+    socket.on('close', () => { Atomics.store(done, 0, 1); Atomics.notify(done, 0); });
+  `, { eval: true, workerData: { port, first, done } });
+  // Held (blocked, not spinning) until the client has reset: no socket of the server is read meanwhile. The thread
+  // starts, connects (the kernel completes the handshake) and resets without this one.
+  assert.notEqual(Atomics.wait(done, 0, 0, 60_000), 'timed-out', 'the client thread connected and reset');
+  Atomics.wait(asleep, 0, 0, 100); // the RST in before the server reads
+  await worker.terminate();
+}
+
+test('implicit TLS: a client that resets before its handshake, its address gone with it, is logged at info as the client\'s, not as a listener error', async () => {
+  const logged = s.logs.length;
+  for (const first of ['', 'EHLO plaintext.example\r\n']) await resetWhileHeld(s.port('smtps'), first);
+  const clientLines = (): Array<Record<string, unknown>> => s.logs.slice(logged).filter((l) => l.msg === 'client connection error');
+  await until('both resets are logged', () => clientLines().length === 2);
+  const errors = s.logs.slice(logged).filter((l) => Number(l.level) >= 50);
+  assert.deepEqual(errors.map((l) => l.msg), [], 'no error-level line (no "listener error" with a stack trace)');
+  for (const line of clientLines()) {
+    assert.equal(line.level, 30, JSON.stringify(line));
+    assert.equal(line.err, undefined, 'no error object (pino would print its stack)');
+    assert.deepEqual([line.decision, line.stage, line.listener, line.client], ['reject', 'CONNECT', 'smtps', null]);
+  }
 });
 
 test('log.format pretty writes readable lines, not JSON', () => {
