@@ -16,12 +16,10 @@ const strings: Check = (v) => Array.isArray(v) && v.every(string);
 const object: Check = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
 const optional = (check: Check): Check => (v) => v === undefined || check(v);
 const nullable = (check: Check): Check => (v) => v === null || check(v);
-/** A connection slot's key: "<listener> <client address>". */
-const slotKey: Check = (v) => typeof v === 'string' && v.includes(' ');
 const recordOf = (check: Check): Check => (v) => object(v) && Object.values(v as object).every(check);
 /** prom-client's metrics as JSON (registry.getMetricsAsJSON), which the supervisor merges for /metrics. */
 const metrics: Check = (v) => Array.isArray(v) && v.every((m) => object(m) && string(m.name) && string(m.type)
-  && Array.isArray(m.values) && (m.values as unknown[]).every((x) => object(x) && number((x as { value?: unknown }).value)));
+  && Array.isArray(m.values) && (m.values as unknown[]).every((x) => object(x) && typeof (x as { value?: unknown }).value === 'number')); // NaN too (a summary with no observation)
 const fields = (shape: Record<string, Check>): Check => (v) => object(v) && Object.entries(shape).every(([key, check]) => check((v as Record<string, unknown>)[key]));
 
 /** A child's reload state (reload-coordinator.ts ChildReloadState), kept and read at every status. */
@@ -42,9 +40,10 @@ const SHAPES: Record<string, Record<string, Check>> = {
   draining: { reason: optional(string) },
   'reload-state': { state: reloadState },
   spooled: { ids: strings, dir: string },
-  'conn+': { q: number, key: slotKey, ip: optional(string), limit: optional(number), take: optional(boolean) },
-  'conn-': { keys: optional((v) => Array.isArray(v) && v.every(slotKey)), key: optional(slotKey), s: optional(number) },
-  'lease-table': { keys: (v) => Array.isArray(v) && v.every(slotKey) },
+  // A slot's key: "<listener> <client address>", or a policy service's ("policy-service:<name>").
+  'conn+': { q: number, key: string, ip: optional(string), limit: optional(number), take: optional(boolean) },
+  'conn-': { keys: optional(strings), key: optional(string), s: optional(number) },
+  'lease-table': { keys: strings },
   authfail: { ip: string, at: number },
   store: { q: number, ops: Array.isArray },
 };

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { startCluster, workerPid, TWO_WORKERS, ROUND_ROBIN, type ClusterProcess } from '../helpers/cluster.ts';
 import { SmtpTestClient } from '../helpers/smtp-client.ts';
 import { runCli } from '../helpers/cli.ts';
+import { PolicyClient, rcptRequest } from '../policy-service/helpers/policy-client.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 
@@ -25,8 +26,11 @@ const BATCHES: Array<[object[], RegExp]> = [
   [[{ t: 'metrics-last', metrics: 5 }, { t: 'authfail', ip: '192.0.2.1', at: 'now' }], /metrics-last: metrics is a value of type number/],
 ];
 
-/** Two connections in a row, each greeted (round robin: both workers' turns). */
-async function bothGreet(c: ClusterProcess): Promise<void> {
+/**
+ * Two SMTP connections and two policy-service ones in a row, each answered (round robin: both workers' turns):
+ * what the workers then tell the supervisor of them (slots given back: a policy service's key too) is read as before.
+ */
+async function bothAnswer(c: ClusterProcess): Promise<void> {
   for (let i = 0; i < 2; i++) {
     const client = await SmtpTestClient.connect(c.port('in'));
     try {
@@ -34,13 +38,19 @@ async function bothGreet(c: ClusterProcess): Promise<void> {
     } finally {
       client.destroy();
     }
+    const policy = await PolicyClient.connect({ port: c.port('pol') });
+    try {
+      assert.match(await policy.ask(rcptRequest()), /^action=/);
+    } finally {
+      policy.socket.destroy();
+    }
   }
 }
 
 test('a worker sending messages its supervisor cannot read is replaced; the supervisor and the other processes go on', { timeout: 180_000 }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'postern-garbled-'));
   const c = await startCluster({
-    config: `${TWO_WORKERS}${ROUND_ROBIN}`,
+    config: `${TWO_WORKERS}${ROUND_ROBIN}policyServices:\n  - { name: pol, listen: "127.0.0.1:{PORT:pol}" }\n`,
     nodeArgs: ['--import', join(ROOT, 'test/helpers/garbled-ipc.ts')],
     env: { POSTERN_GARBLED_WORKER: '1', POSTERN_GARBLED_DIR: dir },
   });
@@ -55,9 +65,11 @@ test('a worker sending messages its supervisor cannot read is replaced; the supe
       assert.equal(line.level, 50);
       await c.waitFor(`a new worker 1 after batch ${n}`, async () => (await workerPid(c, 1)) !== sender);
       assert.equal(c.proc.exitCode, null, 'the supervisor runs');
-      await bothGreet(c);
+      await bothAnswer(c);
     }
     assert.equal(await workerPid(c, 0), worker0, 'worker 0 was never touched');
+    const unread = c.logs.filter((l) => /sent a message the supervisor cannot read/.test(String(l.msg)));
+    assert.deepEqual(unread.map((l) => l.worker), BATCHES.map(() => 1), 'only the garbled messages were refused');
     // What the supervisor keeps of its children still reads (each child's reload state, at every status).
     const status = await runCli(['status', '--config', join(c.dir, 'postern.yaml')]);
     assert.equal(status.code, 0, status.stderr);
