@@ -11,15 +11,17 @@ type Check = (value: unknown) => boolean;
 
 const string: Check = (v) => typeof v === 'string';
 const number: Check = (v) => typeof v === 'number' && Number.isFinite(v);
-const boolean: Check = (v) => typeof v === 'boolean';
+const anyNumber: Check = (v) => typeof v === 'number';
 const strings: Check = (v) => Array.isArray(v) && v.every(string);
 const object: Check = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
 const optional = (check: Check): Check => (v) => v === undefined || check(v);
 const nullable = (check: Check): Check => (v) => v === null || check(v);
 const recordOf = (check: Check): Check => (v) => object(v) && Object.values(v as object).every(check);
-/** prom-client's metrics as JSON (registry.getMetricsAsJSON), which the supervisor merges for /metrics. */
-const metrics: Check = (v) => Array.isArray(v) && v.every((m) => object(m) && string(m.name) && string(m.type)
-  && Array.isArray(m.values) && (m.values as unknown[]).every((x) => object(x) && typeof (x as { value?: unknown }).value === 'number')); // NaN too (a summary with no observation)
+/**
+ * prom-client's metrics as JSON (registry.getMetricsAsJSON), which the supervisor merges for /metrics: a list of
+ * named metrics, each with its list of samples (a sample's value may come as null: NaN is sent so, as JSON has none).
+ */
+const metrics: Check = (v) => Array.isArray(v) && v.every((m) => object(m) && string(m.name) && Array.isArray(m.values) && (m.values as unknown[]).every(object));
 const fields = (shape: Record<string, Check>): Check => (v) => object(v) && Object.entries(shape).every(([key, check]) => check((v as Record<string, unknown>)[key]));
 
 /** A child's reload state (reload-coordinator.ts ChildReloadState), kept and read at every status. */
@@ -32,7 +34,8 @@ const reloadState = fields({
 
 /** By kind (`t`), the fields the supervisor reads. ('store' messages: StoreHost checks each call.) */
 const SHAPES: Record<string, Record<string, Check>> = {
-  hb: { got: optional(number), elu: optional(number), cpu: optional(number), full: optional(boolean), accepting: optional(boolean), store: optional(recordOf(strings)), spoolUnconfirmedMs: optional(number) },
+  // Its figures are read with `?? 0` (NaN comes as null): only what /readyz reads later is checked.
+  hb: { got: optional(nullable(anyNumber)), elu: optional(nullable(anyNumber)), cpu: optional(nullable(anyNumber)), store: optional(recordOf(strings)), spoolUnconfirmedMs: optional(nullable(anyNumber)) },
   listened: { listener: string },
   full: {},
   'metrics-r': { q: number, metrics: optional(nullable(metrics)) },
@@ -41,7 +44,7 @@ const SHAPES: Record<string, Record<string, Check>> = {
   'reload-state': { state: reloadState },
   spooled: { ids: strings, dir: string },
   // A slot's key: "<listener> <client address>", or a policy service's ("policy-service:<name>").
-  'conn+': { q: number, key: string, ip: optional(string), limit: optional(number), take: optional(boolean) },
+  'conn+': { q: number, key: string, ip: optional(string), limit: optional(number) },
   'conn-': { keys: optional(strings), key: optional(string), s: optional(number) },
   'lease-table': { keys: strings },
   authfail: { ip: string, at: number },

@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, workerPid, TWO_WORKERS, ROUND_ROBIN, type ClusterProcess } from '../helpers/cluster.ts';
@@ -58,7 +58,8 @@ test('a worker sending messages its supervisor cannot read is replaced; the supe
     const worker0 = await workerPid(c, 0);
     for (const [n, [messages, said]] of BATCHES.entries()) {
       const sender = await workerPid(c, 1);
-      await writeFile(join(dir, `send-${n}.json`), JSON.stringify(messages));
+      await writeFile(join(dir, `batch-${n}`), JSON.stringify(messages));
+      await rename(join(dir, `batch-${n}`), join(dir, `send-${n}.json`)); // whole: the worker reads it at once
       await c.waitFor(`batch ${n} sent`, async () => (await readdir(dir)).includes(`sent-${n}.json`));
       const line = await c.waitFor(`worker 1 replaced for batch ${n}`, () => c.logs.find((l) => l.childPid === sender && /sent a message the supervisor cannot read/.test(String(l.msg))));
       assert.match(String(line.msg), said);
@@ -76,5 +77,6 @@ test('a worker sending messages its supervisor cannot read is replaced; the supe
     assert.equal(c.proc.exitCode, null, 'the supervisor runs');
   } finally {
     await c.stop();
+    await rm(dir, { recursive: true, force: true });
   }
 });
