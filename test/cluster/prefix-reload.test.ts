@@ -56,6 +56,10 @@ listeners:
     listen: 127.0.0.1:{PORT:plain}
     reverseDns: false
     limits: { greetingDelayMs: 0 }
+  - name: gone
+    listen: 127.0.0.1:{PORT:gone}
+    reverseDns: false
+    limits: { greetingDelayMs: 0 }
 ` });
   try {
     const before = await c.waitFor('every process started', async () => {
@@ -65,14 +69,15 @@ listeners:
     assert.ok(await greetedOfThree(c) <= 2);
     const file = join(c.dir, 'postern.yaml');
     await writeFile(file, (await readFile(file, 'utf8')).replace('ipv6PrefixLength: 64', 'ipv6PrefixLength: 128')
-      .replace('limits: { greetingDelayMs: 0 }', 'limits: { greetingDelayMs: 0 }\n    proxyProtocol: { trusted: [127.0.0.0/8], headerTimeoutMs: 2000 }'));
+      .replace('limits: { greetingDelayMs: 0 }', 'limits: { greetingDelayMs: 0 }\n    proxyProtocol: { trusted: [127.0.0.0/8], headerTimeoutMs: 2000 }')
+      .replace(/  - name: gone[^]*$/, ''));
     await c.waitFor('every process on the edit', async () => {
       const r = (await c.cluster()).reload;
       return r.converged && PROCESSES.every((p) => r.processes[p]!.digest !== before.processes[p]!.digest);
     });
     // Connections to both workers (round robin): the limit holds as before.
     for (let i = 0; i < 3; i++) assert.ok(await greetedOfThree(c) <= 2, 'at most maxConnectionsPerIp greeted at once');
-    const pending = ['listener in changes limits.ipv6PrefixLength 64 → 128', 'listener plain changes proxyProtocol'];
+    const pending = ['listener in changes limits.ipv6PrefixLength 64 → 128', 'listener plain changes proxyProtocol', 'listener gone removed'];
     const status = await runCli(['status', '--config', file]);
     assert.deepEqual((JSON.parse(status.stdout) as { pendingRestart: string[] }).pendingRestart, pending);
     // Both workers crash and are started again: they count and read their connections as the supervisor hands them.
@@ -85,6 +90,14 @@ listeners:
         assert.match((await client.read(30_000)).text, /^220 /, 'a plain client greeted, no PROXY header waited for');
       } finally {
         client.destroy();
+      }
+      // A listener the reload removed: the port stays bound until the restart, and workers that do not have it
+      // at all answer as the others do, not by closing the connection unanswered.
+      const toGone = await SmtpTestClient.connect(c.port('gone'));
+      try {
+        assert.equal((await toGone.read(30_000)).text, '421 4.3.2 Service not available, closing transmission channel');
+      } finally {
+        toGone.destroy();
       }
     }
     const after = await runCli(['status', '--config', file]);
