@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
-  addPin, issueDevice, listDevices, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
+  addPin, checkName, issueDevice, listDevices, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
   type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
 } from '../pki/index.ts';
 import type { WhenLocked } from '../pki/atomic-file.ts';
@@ -35,8 +35,17 @@ export interface AccountDevice {
   listener: string | null;
 }
 
-/** A refusal the page shows as it is (the user's own mistake, nothing internal). */
-export class AccountError extends Error {}
+/**
+ * A refusal the page shows as it is (the user's own mistake, nothing internal). `why`: what the administrator
+ * is told in the log (at warn), when the cause is theirs to fix (the account's own name), not the user's input.
+ */
+export class AccountError extends Error {
+  readonly why: string | undefined;
+  constructor(message: string, why?: string) {
+    super(message);
+    this.why = why;
+  }
+}
 
 /**
  * The session of a request ended while the request waited for its turn or for a folder's lock: nothing was changed.
@@ -125,6 +134,7 @@ export async function issueAccountDevice(ctx: AccountContext, identity: string, 
   const byField = carried && ctx.listener.tls.caFiles.some((f) => resolve(f) === pkiPaths(dir).caCert);
   const file = pinFile(ctx);
   if (!byField && !file) throw new AccountError(`Listener ${ctx.listener.name} does not accept certificates of this server's CA: ask the administrator.`);
+  refuseUnusableAccountName(identity);
   await refuseDuplicateName(ctx, identity, device.trim());
   const issued = await issueDevice(dir, { identity, device, days, whenLocked }).catch((err: Error) => {
     throw /^device "/.test(err.message) ? new AccountError(err.message) : err;
@@ -141,6 +151,7 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
   if (!input) throw new AccountError('Paste a certificate, a public key or a pin.');
   // Whatever else comes with it: a public key pasted after its private key was taken from the private key.
   if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(input)) throw new AccountError('That is a private key: never paste it anywhere. Paste the certificate or the public key.');
+  refuseUnusableAccountName(identity);
   await refuseDuplicateName(ctx, identity, device);
   try {
     // A certificate or public key as it came (not its pin): pinOf refuses a key too weak to name the account.
@@ -192,6 +203,21 @@ function uploadedText(bytes: Buffer): string {
     return createPublicKey({ key: bytes, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }).toString();
   } catch {
     throw new AccountError('The file is neither a certificate nor a public key (PEM or DER).');
+  }
+}
+
+/**
+ * An account whose name a certificate's subject and a pin table's line cannot carry (a users-file name with a space
+ * in it, say) has no device to add: said to the user as the administrator's to fix, not as a server error (issuing
+ * failed with a 500), and the rule it breaks logged.
+ */
+function refuseUnusableAccountName(identity: string): void {
+  try {
+    checkName('identity', identity.trim());
+  } catch (err) {
+    throw new AccountError(`Devices cannot be added to the account "${identity}": its name has characters a certificate cannot carry `
+      + '(only letters, digits and . _ % + @ - are allowed). Ask the administrator to rename the account.',
+      `a device cannot be added to this account, its name cannot be put in a certificate or a pin table: ${(err as Error).message}`);
   }
 }
 

@@ -4,7 +4,7 @@
  * it up); nothing here needs the server to run. The server's side: sightings.ts (last seen) and expiry.ts.
  */
 export { initCa, openCa, configLines, type InitCaOptions, type InitializedCa } from './ca.ts';
-export { issueDevice, generatePassword, type IssueDeviceOptions, type IssuedDevice } from './issue.ts';
+export { issueDevice, generatePassword, checkName, type IssueDeviceOptions, type IssuedDevice } from './issue.ts';
 export { revokeDevice, refreshCrl, type RevokeSelector, type RevokeOptions, type RevokeResult } from './revoke.ts';
 export { listDevices, type DeviceRow, type DeviceStatus, type ListDevicesOptions } from './devices.ts';
 export { readInventory, normalizeSerial, type DeviceCertificate, type Inventory } from './inventory.ts';
