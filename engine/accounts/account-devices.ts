@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
-  addPin, checkName, issueDevice, listDevices, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
+  addPin, checkName, issueDevice, listDevices, otherAccountsOfKey, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readSightings, removePin, revokeDevice,
   type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
 } from '../pki/index.ts';
 import type { WhenLocked } from '../pki/atomic-file.ts';
@@ -177,19 +177,10 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
  * Refused as any key already registered, without saying whose it is.
  */
 async function refuseAnotherAccountsKey(ctx: AccountContext, identity: string, pinSha256: string): Promise<void> {
-  const taken = (named: string | null | undefined): boolean => !!named && !same(named, identity);
-  for (const table of pinTableFiles(ctx.config)) {
-    if ((await listPins(table)).some((p) => p.pinSha256 === pinSha256 && taken(p.identity))) throw new AccountError('That key is already registered.');
-  }
-  for (const seen of (await readSightings(ctx.config.dataDir)).values()) {
-    if (seen.pinSha256 === pinSha256 && (taken(seen.identity) || taken(seen.knownAs))) throw new AccountError('That key is already registered.');
-  }
+  if ((await otherAccountsOfKey(ctx.config, identity, pinSha256)).length) throw new AccountError('That key is already registered.');
   const dir = caDir(ctx);
-  if (!dir || !existsSync(pkiPaths(dir).caCert)) return;
-  const issued = (await readInventory(pkiPaths(dir))).certificates;
-  if (issued.some((c) => c.pinSha256 === pinSha256 && !same(c.identity, identity))) throw new AccountError('That key is already registered.');
   // The key of a device revoked (lost, stolen): pinned, it would log in again whatever the CRL says.
-  if (await revokedCertificateOfKey(dir, pinSha256)) throw new AccountError('That key\'s certificate was revoked: it cannot be registered again. Issue a new certificate for the device.');
+  if (dir && await revokedCertificateOfKey(dir, pinSha256)) throw new AccountError('That key\'s certificate was revoked: it cannot be registered again. Issue a new certificate for the device.');
 }
 
 /** An uploaded file as PEM text: PEM as it is, a DER certificate or DER public key converted. */

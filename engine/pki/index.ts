@@ -12,6 +12,7 @@ export { addPin, removePin, listPins, pinOf, type AddPinOptions, type PinEntry, 
 export { certificateFacts, type CertificateFacts } from './certificate-facts.ts';
 export { crlCopies, unloadedCrls, type UnloadedCrl } from './crl-coverage.ts';
 export { revokedCertificateOfKey } from './revoked-devices.ts';
+export { otherAccountsOfKey, type KeyClaim } from './key-claims.ts';
 export { pkiDirOf, pinTableOf, pinTableFiles, deviceNames, type PinTableRef } from './locate.ts';
 export { pkiPaths, KEY_TYPES, REVOCATION_REASONS, parseKeyType, parseReason, type DeviceKeyType, type PkiPaths, type RevocationReason } from './layout.ts';
 export { SightingRecorder, readSightings, sightingsDir, SIGHTING_MS, MAX_NAMELESS_RECORDS, type Sighting } from './sightings.ts';
