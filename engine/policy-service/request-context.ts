@@ -33,7 +33,8 @@ export interface RequestContext {
 }
 
 /**
- * The client's and server's addresses in the one spelling Postern's own listeners give them (canonicalIp),
+ * The client's and server's addresses in the one spelling Postern's own listeners give them (canonicalIp), and the
+ * envelope's as Postfix delivers them (withoutDomainDot),
  * before anything reads them: a request naming its client as `2001:DB8:0:0::1` or `::ffff:192.0.2.1` (a
  * client of the service other than Postfix, a proxy's header passed on) was another client than
  * `2001:db8::1` or `192.0.2.1` to rate() keys built from ctx.connection.remoteAddress, to a table keyed by
@@ -42,6 +43,19 @@ export interface RequestContext {
 export function sameSpellingOfAddresses(a: Record<string, string>): void {
   if (a.client_address !== undefined) a.client_address = canonicalIp(a.client_address);
   if (a.server_address !== undefined) a.server_address = canonicalIp(a.server_address);
+  if (a.sender) a.sender = withoutDomainDot(a.sender);
+  if (a.recipient) a.recipient = withoutDomainDot(a.recipient);
+}
+
+/**
+ * An envelope address as Postfix delivers it: its domain's one trailing dot dropped (trivial-rewrite's resolve.c:
+ * not a second one, nor one right after the @). A listener refuses `r@blocked.example.` (501 5.1.3); Postfix takes
+ * it and delivers to blocked.example, so scripts given the dotted spelling missed every compare with the name
+ * (a refused domain, a sender kept from outsiders) and let the mail through.
+ */
+function withoutDomainDot(address: string): string {
+  if (!address.endsWith('.') || address.endsWith('..') || address.endsWith('@.') || !address.includes('@')) return address;
+  return address.slice(0, -1);
 }
 
 const known = (v: string | undefined): string | null => (v && v !== 'unknown' ? v : null);
