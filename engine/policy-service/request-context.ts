@@ -34,7 +34,7 @@ export interface RequestContext {
 
 /**
  * The client's and server's addresses in the one spelling Postern's own listeners give them (canonicalIp), and the
- * envelope's as Postfix delivers them (withoutDomainDot),
+ * envelope's as Postfix delivers them (asPostfixDelivers),
  * before anything reads them: a request naming its client as `2001:DB8:0:0::1` or `::ffff:192.0.2.1` (a
  * client of the service other than Postfix, a proxy's header passed on) was another client than
  * `2001:db8::1` or `192.0.2.1` to rate() keys built from ctx.connection.remoteAddress, to a table keyed by
@@ -43,19 +43,24 @@ export interface RequestContext {
 export function sameSpellingOfAddresses(a: Record<string, string>): void {
   if (a.client_address !== undefined) a.client_address = canonicalIp(a.client_address);
   if (a.server_address !== undefined) a.server_address = canonicalIp(a.server_address);
-  if (a.sender) a.sender = withoutDomainDot(a.sender);
-  if (a.recipient) a.recipient = withoutDomainDot(a.recipient);
+  if (a.sender) a.sender = asPostfixDelivers(a.sender);
+  if (a.recipient) a.recipient = asPostfixDelivers(a.recipient);
 }
 
 /**
- * An envelope address as Postfix delivers it: its domain's one trailing dot dropped (trivial-rewrite's resolve.c:
- * not a second one, nor one right after the @). A listener refuses `r@blocked.example.` (501 5.1.3); Postfix takes
- * it and delivers to blocked.example, so scripts given the dotted spelling missed every compare with the name
- * (a refused domain, a sender kept from outsiders) and let the mail through.
+ * An envelope address as Postfix delivers it (its trivial-rewrite, with its defaults), where a listener refuses the
+ * spelling (501 5.1.3) and so no script ever saw it: given as the client wrote it, every compare of a script with
+ * the name Postfix delivers to missed (a refused domain, a sender kept from outsiders) and the mail went through.
+ * - A bang path without a domain, `blocked.example!r`, is `r@blocked.example` (swap_bangpath = yes): Postfix
+ *   relays it there, while the script saw no domain at all.
+ * - A domain's one trailing dot is dropped (resolve.c: not a second one, nor one right after the @):
+ *   `r@blocked.example.` is delivered to blocked.example.
  */
-function withoutDomainDot(address: string): string {
-  if (!address.endsWith('.') || address.endsWith('..') || address.endsWith('@.') || !address.includes('@')) return address;
-  return address.slice(0, -1);
+function asPostfixDelivers(address: string): string {
+  const bang = address.includes('@') ? -1 : address.indexOf('!');
+  const swapped = bang > 0 && bang < address.length - 1 ? `${address.slice(bang + 1)}@${address.slice(0, bang)}` : address;
+  if (!swapped.endsWith('.') || swapped.endsWith('..') || swapped.endsWith('@.') || !swapped.includes('@')) return swapped;
+  return swapped.slice(0, -1);
 }
 
 const known = (v: string | undefined): string | null => (v && v !== 'unknown' ? v : null);

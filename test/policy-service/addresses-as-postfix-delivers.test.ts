@@ -1,7 +1,8 @@
-// An envelope address whose domain ends in a dot (r@blocked.example.): a listener refuses it (501 5.1.3), so no
-// script ever saw one; Postfix takes it and delivers to the name without the dot (its trivial-rewrite strips it),
-// while the scripts got the dotted spelling: a rcptto script refusing the domain blocked.example, or a mailfrom
-// script refusing ceo@example.org, let r@blocked.example. and ceo@example.org. through. The service now gives the
+// Envelope addresses a listener refuses (501 5.1.3), so that no script ever saw them, but Postfix takes and delivers
+// elsewhere than they read: a domain with its trailing dot (r@blocked.example. goes to blocked.example, Postfix's
+// trivial-rewrite drops the dot), a bang path without a domain (blocked.example!r goes to r@blocked.example,
+// swap_bangpath). The scripts got them as the client wrote them: a rcptto script refusing the domain
+// blocked.example, or a mailfrom script refusing ceo@example.org, let them through. The service now gives the
 // scripts (and ctx.postfix.attributes, and its log) the address as Postfix delivers it.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
@@ -56,11 +57,12 @@ before(async () => {
 });
 after(() => peers?.stop());
 
-test('behind a real Postfix: a domain written with its trailing dot is refused as the scripts refuse it without; accepted mail is delivered without the dot', { skip, timeout: 90_000 }, async () => {
+test('behind a real Postfix: a domain written with its trailing dot, or a bang path, is refused as the scripts refuse the address Postfix delivers to; accepted mail is delivered so', { skip, timeout: 90_000 }, async () => {
   const { port, sink } = peers!;
   for (const [mail, rcpt, refusal] of [
     ['MAIL FROM:<a@client.example>', 'RCPT TO:<r@blocked.example.>', /^550 5\.7\.1 .*blocked domain$/],
     ['MAIL FROM:<ceo@example.org.>', 'RCPT TO:<r@elsewhere.example>', /^550 5\.7\.1 .*not from outside$/],
+    ['MAIL FROM:<a@client.example>', 'RCPT TO:<blocked.example!r>', /^550 5\.7\.1 .*blocked domain$/],
   ] as const) {
     const replies = await session(port, [mail, rcpt, 'DATA']);
     assert.match(replies[1]!, refusal, `${mail} ${rcpt}: ${replies.join(' | ')}`);
@@ -71,9 +73,12 @@ test('behind a real Postfix: a domain written with its trailing dot is refused a
   assert.deepEqual(ok.map((r) => r.slice(0, 3)), ['250', '250', '354', '250'], ok.join(' | '));
   const delivered = await sink.waitFor(/dotted@/);
   assert.match(delivered, /^X-Rcpt-Args: <dotted@elsewhere\.example> /m, 'RCPT TO without the dot (ORCPT keeps what the client wrote)');
+  const swapped = await session(port, ['MAIL FROM:<a@client.example>', 'RCPT TO:<elsewhere.example!banged>', 'DATA']);
+  assert.deepEqual(swapped.map((r) => r.slice(0, 3)), ['250', '250', '354', '250'], swapped.join(' | '));
+  assert.match(await sink.waitFor(/banged/), /^X-Rcpt-Args: <banged@elsewhere\.example> /m, 'the bang path delivered as user@site');
 });
 
-test('over the policy protocol: the sender and recipient without their domain\'s trailing dot, everywhere a script looks; other dots kept', async () => {
+test('over the policy protocol: the sender and recipient as Postfix delivers them (no trailing dot, a bang path as user@site), everywhere a script looks; other spellings kept', async () => {
   const t = await startTestServer({ config: 'policyServices:\n  - name: main\n    listen: 127.0.0.1:0\n', scripts });
   try {
     const c = await PolicyClient.connect({ port: Number(t.policyAddresses.get('main')!.split(':').pop()) });
@@ -82,6 +87,10 @@ test('over the policy protocol: the sender and recipient without their domain\'s
       JSON.stringify(['echo@elsewhere.example', 'elsewhere.example', 'a@client.example', 'echo@elsewhere.example', 'a@client.example']));
     assert.equal(await ask({ sender: 'a@.', recipient: 'echo@elsewhere.example..' }),
       JSON.stringify(['echo@elsewhere.example..', 'elsewhere.example..', 'a@.', 'echo@elsewhere.example..', 'a@.']), 'Postfix strips one dot, not a dot after @ or a second one');
+    assert.equal(await ask({ sender: 'site.example!a', recipient: 'far.example!echo' }),
+      JSON.stringify(['echo@far.example', 'far.example', 'a@site.example', 'echo@far.example', 'a@site.example']), 'a bang path as user@site');
+    assert.equal(await ask({ sender: 'one!two!a', recipient: 'echo!@x.example' }),
+      JSON.stringify(['echo!@x.example', 'x.example', 'two!a@one', 'echo!@x.example', 'two!a@one']), 'the first site only; an address with a domain is not a bang path');
     assert.equal(await ask({ sender: 'a.', recipient: 'echo.@elsewhere.example' }),
       JSON.stringify(['echo.@elsewhere.example', 'elsewhere.example', 'a.', 'echo.@elsewhere.example', 'a.']), 'a local part\'s dot is not a domain\'s');
     c.close();
