@@ -4,8 +4,9 @@
  * A listener refuses such a MAIL FROM or RCPT TO with 553 5.1.3 before any script sees it: every string compare of
  * a script or a table sees another address than the one a person, a log and a lenient next hop read (ce<U+00AD>o@
  * is ceo@). Postfix passes them on (smtputf8_enable) and delivers them as they are, so behind it a script refusing
- * ceo@ let ce<U+00AD>o@ through. Refused here at every state that names one, before any script: in the domain too,
- * which a listener maps through IDNA instead, since Postfix hands the name as it is to its next hop's lookup.
+ * ceo@ let ce<U+00AD>o@ through. Refused here at every state that names one, before any script. A domain has
+ * been mapped through IDNA by then (request-context.ts, as a listener maps it): what is left in one is in a name
+ * IDNA refuses, refused too.
  */
 import { holdsNoAddressCharacter } from '../smtp/envelope-path.ts';
 import { reply } from '../smtp/replies.ts';

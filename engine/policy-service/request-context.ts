@@ -10,7 +10,7 @@ import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { builtinRelay } from '../policy/builtin-rules.ts';
 import { canonicalIp } from '../addresses/ip-text.ts';
-import { asciiDomain } from '../policy/domain-key.ts';
+import { asciiDomain, envelopeDomain } from '../policy/domain-key.ts';
 import { NO_MESSAGE_BODY } from '../sandbox/index.ts';
 import { listedForRelay, postfixCertificate, postfixCertificateIdentity, withRevocation } from './postfix-certificate.ts';
 
@@ -55,12 +55,21 @@ export function sameSpellingOfAddresses(a: Record<string, string>): void {
  *   relays it there, while the script saw no domain at all.
  * - A domain's one trailing dot is dropped (resolve.c: not a second one, nor one right after the @):
  *   `r@blocked.example.` is delivered to blocked.example.
+ * - A non-ASCII domain is the U-labels of its IDNA (UTS #46) mapping, as a listener gives an SMTPUTF8 one (and as
+ *   Postfix maps it for its lookups): `r@<U+FF42>locked.example` and `r@BLOCKED.example` are r@blocked.example.
+ *   An ASCII one stays as written (A-labels too), as in a listener's ASCII transaction; one IDNA refuses as well.
  */
+// eslint-disable-next-line no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
+
 function asPostfixDelivers(address: string): string {
   const bang = address.includes('@') ? -1 : address.indexOf('!');
   const swapped = bang > 0 && bang < address.length - 1 ? `${address.slice(bang + 1)}@${address.slice(0, bang)}` : address;
-  if (!swapped.endsWith('.') || swapped.endsWith('..') || swapped.endsWith('@.') || !swapped.includes('@')) return swapped;
-  return swapped.slice(0, -1);
+  const undotted = !swapped.endsWith('.') || swapped.endsWith('..') || swapped.endsWith('@.') || !swapped.includes('@') ? swapped : swapped.slice(0, -1);
+  const at = undotted.lastIndexOf('@');
+  const domain = undotted.slice(at + 1);
+  if (at < 0 || !NON_ASCII.test(domain)) return undotted;
+  return `${undotted.slice(0, at + 1)}${envelopeDomain(domain, true) || domain}`;
 }
 
 const known = (v: string | undefined): string | null => (v && v !== 'unknown' ? v : null);

@@ -1,7 +1,8 @@
-// Envelope addresses a listener refuses (501 5.1.3), so that no script ever saw them, but Postfix takes and delivers
-// elsewhere than they read: a domain with its trailing dot (r@blocked.example. goes to blocked.example, Postfix's
+// Envelope addresses a listener refuses (501 5.1.3) or spells otherwise, so that no script ever saw them so, but
+// Postfix takes and delivers elsewhere than they read: a domain with its trailing dot (r@blocked.example. goes to blocked.example, Postfix's
 // trivial-rewrite drops the dot), a bang path without a domain (blocked.example!r goes to r@blocked.example,
-// swap_bangpath). The scripts got them as the client wrote them: a rcptto script refusing the domain
+// swap_bangpath), a domain in another spelling of its name (r@\uFF42locked.example: a listener, and Postfix for
+// its lookups, map it through IDNA). The scripts got them as the client wrote them: a rcptto script refusing the domain
 // blocked.example, or a mailfrom script refusing ceo@example.org, let them through. The service now gives the
 // scripts (and ctx.postfix.attributes, and its log) the address as Postfix delivers it.
 import { test, after, before } from 'node:test';
@@ -51,7 +52,7 @@ let peers: PostfixPolicy | undefined;
 
 before(async () => {
   if (skip) return;
-  peers = await startPostfixPolicy('trailingdot', {}, (p) => [
+  peers = await startPostfixPolicy('trailingdot', { smtputf8_enable: 'yes' }, (p) => [
     `127.0.0.1:${p} inet n - n - - smtpd -o smtpd_recipient_restrictions=check_policy_service,unix:private/postern,permit_mynetworks,reject`,
   ], scripts);
 });
@@ -63,6 +64,8 @@ test('behind a real Postfix: a domain written with its trailing dot, or a bang p
     ['MAIL FROM:<a@client.example>', 'RCPT TO:<r@blocked.example.>', /^550 5\.7\.1 .*blocked domain$/],
     ['MAIL FROM:<ceo@example.org.>', 'RCPT TO:<r@elsewhere.example>', /^550 5\.7\.1 .*not from outside$/],
     ['MAIL FROM:<a@client.example>', 'RCPT TO:<blocked.example!r>', /^550 5\.7\.1 .*blocked domain$/],
+    ['MAIL FROM:<a@client.example> SMTPUTF8', 'RCPT TO:<r@\uFF42locked.example>', /^550 5\.7\.1 .*blocked domain$/],
+    ['MAIL FROM:<a@client.example> SMTPUTF8', 'RCPT TO:<r@BLOCKED.\uFF25xample>', /^550 5\.7\.1 .*blocked domain$/],
   ] as const) {
     const replies = await session(port, [mail, rcpt, 'DATA']);
     assert.match(replies[1]!, refusal, `${mail} ${rcpt}: ${replies.join(' | ')}`);
@@ -91,6 +94,10 @@ test('over the policy protocol: the sender and recipient as Postfix delivers the
       JSON.stringify(['echo@far.example', 'far.example', 'a@site.example', 'echo@far.example', 'a@site.example']), 'a bang path as user@site');
     assert.equal(await ask({ sender: 'one!two!a', recipient: 'echo!@x.example' }),
       JSON.stringify(['echo!@x.example', 'x.example', 'two!a@one', 'echo!@x.example', 'two!a@one']), 'the first site only; an address with a domain is not a bang path');
+    assert.equal(await ask({ sender: 'a@B\u00DCCHER.example', recipient: 'echo@\uFF46ar.example.' }),
+      JSON.stringify(['echo@far.example', 'far.example', 'a@b\u00FCcher.example', 'echo@far.example', 'a@b\u00FCcher.example']), 'a non-ASCII domain as IDNA maps it, as a listener gives it');
+    assert.equal(await ask({ sender: 'a@xn--bcher-kva.example', recipient: 'echo@EXAMPLE.org' }),
+      JSON.stringify(['echo@EXAMPLE.org', 'example.org', 'a@xn--bcher-kva.example', 'echo@EXAMPLE.org', 'a@xn--bcher-kva.example']), 'an ASCII domain as written (A-labels too)');
     assert.equal(await ask({ sender: 'a.', recipient: 'echo.@elsewhere.example' }),
       JSON.stringify(['echo.@elsewhere.example', 'elsewhere.example', 'a.', 'echo.@elsewhere.example', 'a.']), 'a local part\'s dot is not a domain\'s');
     c.close();
