@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
-  addPin, issueDevice, listDevices, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
+  addPin, checkName, issueDevice, listDevices, otherAccountsOfKey, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readSightings, removePin, revokeDevice,
   type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
 } from '../pki/index.ts';
 import type { WhenLocked } from '../pki/atomic-file.ts';
@@ -35,8 +35,17 @@ export interface AccountDevice {
   listener: string | null;
 }
 
-/** A refusal the page shows as it is (the user's own mistake, nothing internal). */
-export class AccountError extends Error {}
+/**
+ * A refusal the page shows as it is (the user's own mistake, nothing internal). `why`: what the administrator
+ * is told in the log (at warn), when the cause is theirs to fix (the account's own name), not the user's input.
+ */
+export class AccountError extends Error {
+  readonly why: string | undefined;
+  constructor(message: string, why?: string) {
+    super(message);
+    this.why = why;
+  }
+}
 
 /**
  * The session of a request ended while the request waited for its turn or for a folder's lock: nothing was changed.
@@ -125,6 +134,7 @@ export async function issueAccountDevice(ctx: AccountContext, identity: string, 
   const byField = carried && ctx.listener.tls.caFiles.some((f) => resolve(f) === pkiPaths(dir).caCert);
   const file = pinFile(ctx);
   if (!byField && !file) throw new AccountError(`Listener ${ctx.listener.name} does not accept certificates of this server's CA: ask the administrator.`);
+  refuseUnusableAccountName(identity);
   await refuseDuplicateName(ctx, identity, device.trim());
   const issued = await issueDevice(dir, { identity, device, days, whenLocked }).catch((err: Error) => {
     throw /^device "/.test(err.message) ? new AccountError(err.message) : err;
@@ -141,6 +151,7 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
   if (!input) throw new AccountError('Paste a certificate, a public key or a pin.');
   // Whatever else comes with it: a public key pasted after its private key was taken from the private key.
   if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(input)) throw new AccountError('That is a private key: never paste it anywhere. Paste the certificate or the public key.');
+  refuseUnusableAccountName(identity);
   await refuseDuplicateName(ctx, identity, device);
   try {
     // A certificate or public key as it came (not its pin): pinOf refuses a key too weak to name the account.
@@ -166,19 +177,10 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
  * Refused as any key already registered, without saying whose it is.
  */
 async function refuseAnotherAccountsKey(ctx: AccountContext, identity: string, pinSha256: string): Promise<void> {
-  const taken = (named: string | null | undefined): boolean => !!named && !same(named, identity);
-  for (const table of pinTableFiles(ctx.config)) {
-    if ((await listPins(table)).some((p) => p.pinSha256 === pinSha256 && taken(p.identity))) throw new AccountError('That key is already registered.');
-  }
-  for (const seen of (await readSightings(ctx.config.dataDir)).values()) {
-    if (seen.pinSha256 === pinSha256 && (taken(seen.identity) || taken(seen.knownAs))) throw new AccountError('That key is already registered.');
-  }
+  if ((await otherAccountsOfKey(ctx.config, identity, pinSha256)).length) throw new AccountError('That key is already registered.');
   const dir = caDir(ctx);
-  if (!dir || !existsSync(pkiPaths(dir).caCert)) return;
-  const issued = (await readInventory(pkiPaths(dir))).certificates;
-  if (issued.some((c) => c.pinSha256 === pinSha256 && !same(c.identity, identity))) throw new AccountError('That key is already registered.');
   // The key of a device revoked (lost, stolen): pinned, it would log in again whatever the CRL says.
-  if (await revokedCertificateOfKey(dir, pinSha256)) throw new AccountError('That key\'s certificate was revoked: it cannot be registered again. Issue a new certificate for the device.');
+  if (dir && await revokedCertificateOfKey(dir, pinSha256)) throw new AccountError('That key\'s certificate was revoked: it cannot be registered again. Issue a new certificate for the device.');
 }
 
 /** An uploaded file as PEM text: PEM as it is, a DER certificate or DER public key converted. */
@@ -192,6 +194,21 @@ function uploadedText(bytes: Buffer): string {
     return createPublicKey({ key: bytes, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }).toString();
   } catch {
     throw new AccountError('The file is neither a certificate nor a public key (PEM or DER).');
+  }
+}
+
+/**
+ * An account whose name a certificate's subject and a pin table's line cannot carry (a users-file name with a space
+ * in it, say) has no device to add: said to the user as the administrator's to fix, not as a server error (issuing
+ * failed with a 500), and the rule it breaks logged.
+ */
+function refuseUnusableAccountName(identity: string): void {
+  try {
+    checkName('identity', identity.trim());
+  } catch (err) {
+    throw new AccountError(`Devices cannot be added to the account "${identity}": its name has characters a certificate cannot carry `
+      + '(only letters, digits and . _ % + @ - are allowed). Ask the administrator to rename the account.',
+      `a device cannot be added to this account, its name cannot be put in a certificate or a pin table: ${(err as Error).message}`);
   }
 }
 
