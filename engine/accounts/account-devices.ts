@@ -3,16 +3,13 @@
  * identity (engine/pki inventory) and the keys pinned to it in the listener's pin table, with when the
  * server last saw each. Every change goes through engine/pki (the code `postern pki` / `postern pins` run),
  * so it is written atomically and applied by the running server's reload.
- *
- * Adapter over the library: a bare public key (PEM) becomes its pin here, since addPin takes certificates
- * and pins only.
  */
-import { X509Certificate, createHash, createPublicKey } from 'node:crypto';
+import { X509Certificate, createPublicKey } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Config, ListenerConfig } from '../config/schema.ts';
 import {
-  addPin, issueDevice, listDevices, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readInventory, readSightings, removePin, revokeDevice,
+  addPin, checkName, issueDevice, listDevices, otherAccountsOfKey, revokedCertificateOfKey, listPins, pinOf, pinTableFiles, pinTableOf, pkiDirOf, pkiPaths, readSightings, removePin, revokeDevice,
   type IssuedDevice, type PinEntry, type RevocationReason, type Sighting,
 } from '../pki/index.ts';
 import type { WhenLocked } from '../pki/atomic-file.ts';
@@ -38,8 +35,17 @@ export interface AccountDevice {
   listener: string | null;
 }
 
-/** A refusal the page shows as it is (the user's own mistake, nothing internal). */
-export class AccountError extends Error {}
+/**
+ * A refusal the page shows as it is (the user's own mistake, nothing internal). `why`: what the administrator
+ * is told in the log (at warn), when the cause is theirs to fix (the account's own name), not the user's input.
+ */
+export class AccountError extends Error {
+  readonly why: string | undefined;
+  constructor(message: string, why?: string) {
+    super(message);
+    this.why = why;
+  }
+}
 
 /**
  * The session of a request ended while the request waited for its turn or for a folder's lock: nothing was changed.
@@ -128,6 +134,7 @@ export async function issueAccountDevice(ctx: AccountContext, identity: string, 
   const byField = carried && ctx.listener.tls.caFiles.some((f) => resolve(f) === pkiPaths(dir).caCert);
   const file = pinFile(ctx);
   if (!byField && !file) throw new AccountError(`Listener ${ctx.listener.name} does not accept certificates of this server's CA: ask the administrator.`);
+  refuseUnusableAccountName(identity);
   await refuseDuplicateName(ctx, identity, device.trim());
   const issued = await issueDevice(dir, { identity, device, days, whenLocked }).catch((err: Error) => {
     throw /^device "/.test(err.message) ? new AccountError(err.message) : err;
@@ -142,13 +149,14 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
   if (!file) throw new AccountError(`Listener ${ctx.listener.name} has no pin table (certificateIdentity.pins): only issued certificates can be added.`);
   const input = (typeof given === 'string' ? given : uploadedText(given)).trim();
   if (!input) throw new AccountError('Paste a certificate, a public key or a pin.');
-  let pin = input;
-  if (input.includes('-----BEGIN PUBLIC KEY-----')) pin = publicKeyPin(input);
-  else if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(input)) throw new AccountError('That is a private key: never paste it anywhere. Paste the certificate or the public key.');
+  // Whatever else comes with it: a public key pasted after its private key was taken from the private key.
+  if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(input)) throw new AccountError('That is a private key: never paste it anywhere. Paste the certificate or the public key.');
+  refuseUnusableAccountName(identity);
   await refuseDuplicateName(ctx, identity, device);
   try {
-    await refuseAnotherAccountsKey(ctx, identity, pinOf(pin));
-    return await addPin(file, { identity, certificateOrPin: pin, device, whenLocked });
+    // A certificate or public key as it came (not its pin): pinOf refuses a key too weak to name the account.
+    await refuseAnotherAccountsKey(ctx, identity, pinOf(input));
+    return await addPin(file, { identity, certificateOrPin: input, device, whenLocked });
   } catch (err) {
     if (err instanceof AccountError || err instanceof SessionEnded) throw err;
     // addPin names the account a key is already pinned for: maybe another user's; say less.
@@ -162,15 +170,17 @@ export async function addAccountKey(ctx: AccountContext, identity: string, devic
 /**
  * The key of a certificate this server's CA issued to another account (certificates are public): pinned here
  * it would name this account whenever that certificate stops verifying (expired), so its owner's device
- * would sign in as this account. Refused as any key already registered, without saying whose it is.
+ * would sign in as this account. So is a key another account has pinned in the pin table of another listener or
+ * policy service (pinned in this one too, its owner's device would sign in here as this account), and the key of
+ * a certificate the server has seen name another account (a CA of `caFiles` other than pki.dir's, whose issued
+ * certificates the inventory does not list: a sighting takes a handshake, so only the key's holder makes one).
+ * Refused as any key already registered, without saying whose it is.
  */
 async function refuseAnotherAccountsKey(ctx: AccountContext, identity: string, pinSha256: string): Promise<void> {
+  if ((await otherAccountsOfKey(ctx.config, identity, pinSha256)).length) throw new AccountError('That key is already registered.');
   const dir = caDir(ctx);
-  if (!dir || !existsSync(pkiPaths(dir).caCert)) return;
-  const issued = (await readInventory(pkiPaths(dir))).certificates;
-  if (issued.some((c) => c.pinSha256 === pinSha256 && !same(c.identity, identity))) throw new AccountError('That key is already registered.');
   // The key of a device revoked (lost, stolen): pinned, it would log in again whatever the CRL says.
-  if (await revokedCertificateOfKey(dir, pinSha256)) throw new AccountError('That key\'s certificate was revoked: it cannot be registered again. Issue a new certificate for the device.');
+  if (dir && await revokedCertificateOfKey(dir, pinSha256)) throw new AccountError('That key\'s certificate was revoked: it cannot be registered again. Issue a new certificate for the device.');
 }
 
 /** An uploaded file as PEM text: PEM as it is, a DER certificate or DER public key converted. */
@@ -187,12 +197,18 @@ function uploadedText(bytes: Buffer): string {
   }
 }
 
-function publicKeyPin(pem: string): string {
+/**
+ * An account whose name a certificate's subject and a pin table's line cannot carry (a users-file name with a space
+ * in it, say) has no device to add: said to the user as the administrator's to fix, not as a server error (issuing
+ * failed with a 500), and the rule it breaks logged.
+ */
+function refuseUnusableAccountName(identity: string): void {
   try {
-    const spki = createPublicKey(pem).export({ type: 'spki', format: 'der' });
-    return createHash('sha256').update(spki).digest('hex');
+    checkName('identity', identity.trim());
   } catch (err) {
-    throw new AccountError(`Not a public key: ${(err as Error).message}`);
+    throw new AccountError(`Devices cannot be added to the account "${identity}": its name has characters a certificate cannot carry `
+      + '(only letters, digits and . _ % + @ - are allowed). Ask the administrator to rename the account.',
+      `a device cannot be added to this account, its name cannot be put in a certificate or a pin table: ${(err as Error).message}`);
   }
 }
 
@@ -218,9 +234,11 @@ export async function retireAccountDevice(ctx: AccountContext, device: AccountDe
   let unpinned = false;
   const file = pinFile(ctx);
   // A revoked certificate leaves every pin table, as with postern pki revoke: another listener's, or a policy
-  // service's (Postfix checks no CRL), would still name its account.
-  const files = new Set(revoked ? pinTableFiles(ctx.config) : []);
-  if (device.pinned && file) files.add(file);
+  // service's (Postfix checks no CRL), would still name its account. So does a key removed here: pinned for the
+  // account in another table too (postern pins add --listener), a stolen laptop's went on sending mail there.
+  // The page's own table first: the change checked against the session (whenLocked) is that one.
+  const files = new Set<string>(device.pinned && file ? [file] : []);
+  if (revoked || device.pinned) for (const f of pinTableFiles(ctx.config)) files.add(f);
   // Once revoked, its pins go whatever happens to the session (the revocation stands); else the first change is checked.
   for (const f of files) if ((await removePin(f, { pin: device.pinSha256 }, revoked || unpinned ? undefined : whenLocked)).length) unpinned = true;
   if (!revoked && !unpinned) throw new AccountError(`Device "${device.name}" is already ${device.status}.`);

@@ -156,7 +156,10 @@ export function accountRoutes(state: AccountsState) {
         try {
           return await fn(req, reply, s);
         } catch (err) {
-          if (err instanceof AccountError) return devices(req, reply, s, 400, err.message);
+          if (err instanceof AccountError) {
+            if (err.why) state.log.warn({ by: s.identity, client: ip(req) }, `account page: ${err.why}`);
+            return devices(req, reply, s, 400, err.message);
+          }
           if (err instanceof SessionEnded) return reply.redirect('/signin', 303);
           throw err;
         }

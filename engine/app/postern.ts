@@ -105,10 +105,15 @@ export interface RunningPostern {
   /** Client certificates seen (not in the queue process), and the expiry watch (not in a worker). */
   readonly certificates: { sightings: SightingRecorder | null; expiry: ExpiryWatch | null };
   /**
-   * A worker: serve a connection the supervisor accepted on `listener`'s socket (an SMTP listener or a policy
-   * service); `open`: a policy service's connections over all workers, this one included (its maxConnections).
+   * A worker: serve a connection the supervisor accepted on `listener`'s socket. A listener this process does not
+   * have (a reload removed it, and this worker started after that edit) gets the 421 the others give it.
    */
-  acceptConnection(listener: string, socket: Socket, open?: number): void;
+  acceptConnection(listener: string, socket: Socket): void;
+  /**
+   * A worker: serve a connection the supervisor accepted on policy service `service`'s socket; `open`: its
+   * connections over all workers, this one included (its maxConnections). One this process does not have is closed.
+   */
+  acceptPolicyConnection(service: string, socket: Socket, open?: number): void;
   /** A worker accepted `socket` itself on the listener's socket the supervisor holds: its slot is taken by round trip. */
   acceptOwnConnection(listener: string, socket: Socket): void;
   /**
@@ -249,6 +254,7 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   // The SMTP server (smtp-server and the session's modules) only where connections are served: the queue process
   // of `postern serve` has no listeners, and loading it there cost ~45 ms of CPU at each of its starts.
   const { PosternServer } = role === 'queue' ? { PosternServer: null } : await import('../smtp/postern-server.ts');
+  const { refuseOnRemovedListener } = role === 'queue' ? { refuseOnRemovedListener: null } : await import('../smtp/removed-listener.ts');
   try {
     for (const l of PosternServer ? config.listeners : []) {
       const server = new PosternServer!(runtime, built.listeners.get(l.name)!);
@@ -257,8 +263,12 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
         // the client's fault, logged at info with its reason, not as a server error with a stack trace.
         if (reported.has(err)) return; // one failure reaches here from the TCP socket and from TLS over it
         reported.add(err);
-        if (err.remoteAddress && handshakeFailed(err)) metrics.tlsHandshakeFailures.inc({ listener: l.name });
-        if (err.remoteAddress) logger.info({ cid: err.cid, listener: l.name, ...handshakeDecision(err), client: err.remoteAddress, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
+        // A client's TLS handshake failed (implicit TLS, STARTTLS) even when its address is gone: a client that reset
+        // before the server accepted it or before the handshake began (a scanner, a plaintext client on port 465) has
+        // none left to ask the kernel for (getpeername: ENOTCONN), and its failure read as the listener's own.
+        const fromClient = !!err.remoteAddress || err.tlsHandshake === true || err.starttls === true;
+        if (fromClient && handshakeFailed(err)) metrics.tlsHandshakeFailures.inc({ listener: l.name });
+        if (fromClient) logger.info({ cid: err.cid, listener: l.name, ...handshakeDecision(err), client: err.remoteAddress || null, clientError: { message: err.message.trim(), code: err.code, reason: err.reason } }, 'client connection error');
         else logger.error({ listener: l.name, err }, 'listener error');
       });
       if (role === 'worker') { // the supervisor owns the listening socket
@@ -395,16 +405,19 @@ async function startWithDataDir(opts: StartOptions, loaded: LoadedConfig): Promi
   const running: RunningPostern = {
     runtime, config: loaded, addresses, servers, policyServers, policyAddresses, reloader, queue, spools, admin, store, certificates: { sightings, expiry },
     get accounts() { return accounts; },
-    acceptConnection(listener, socket, open) {
-      const policy = policyServers.get(listener);
-      if (policy) return policy.handle(socket, open);
+    acceptConnection(listener, socket) {
       const server = servers.get(listener);
-      if (!server) return void socket.destroy();
+      if (!server) return refuseOnRemovedListener!(logger, listener, socket);
       server.server.emit('connection', socket);
+    },
+    acceptPolicyConnection(service, socket, open) {
+      const policy = policyServers.get(service);
+      if (!policy) return void socket.destroy();
+      policy.handle(socket, open);
     },
     acceptOwnConnection(listener, socket) {
       const server = servers.get(listener);
-      if (!server) return void socket.destroy();
+      if (!server) return refuseOnRemovedListener!(logger, listener, socket);
       server.acceptOwn(socket);
     },
     async close(closeOpts) {

@@ -14,7 +14,7 @@
  */
 import { userKey } from './users-file.ts';
 import { clientText, type Logger } from '../logging/logger.ts';
-import { STORE_KEYS, type CounterStore } from '../store/counter-store.ts';
+import { STORE_KEYS, giveBackPlace, type CounterStore } from '../store/counter-store.ts';
 
 /** How long an address that logged in as an account stays exempt from that account's lock (from that login), at least. */
 export const KNOWN_ADDRESS_SECONDS = 30 * 24 * 3600;
@@ -75,7 +75,7 @@ export async function claimAccountGuess(store: CounterStore, limit: AccountFailu
       deferred: false,
       settle: async (failed) => {
         if (failed) return { reachedLimit: place.count === limit.count };
-        await store.add(key, -1, windowSeconds(limit));
+        await giveBackPlace(store, key, windowSeconds(limit));
         return { reachedLimit: false };
       },
     };

@@ -242,6 +242,7 @@ pins.command('add <identity> <cert-or-pin>')
   .option('--listener <name>', 'whose pin table, a listener\'s or a policy service\'s (needed when they use different ones)')
   .option('--device <name>', 'the device\'s name, kept in a comment above the line')
   .option('--sender <address>', 'a further envelope sender this key may use (repeatable)', collect)
+  .option('--force', 'pin it even though the key already names another account (pinned elsewhere, issued, or seen): its device would sign in as IDENTITY too')
   .option('--json', 'machine-readable output')
   .action(async (identity: string, certOrPin: string, opts: Parameters<typeof pinsAddCommand>[2]) => exitWith(await (await pinsCommands()).pinsAddCommand(identity, certOrPin, opts)));
 pins.command('list')
@@ -264,6 +265,7 @@ pins.command('learn <id> [identity]')
   .option('--device <name>', 'the device\'s name')
   .option('--log <file>', 'the server\'s JSON log to search for the connection (- for stdin)')
   .option('--yes', 'add it (without: only show what would be added)')
+  .option('--force', 'add it even though the key already names another account (pinned elsewhere, issued, or seen)')
   .option('--json', 'machine-readable output')
   .action(async (id: string, identity: string | undefined, opts: Parameters<typeof pinsLearnCommand>[2]) => exitWith(await (await pinsCommands()).pinsLearnCommand(id, identity, opts)));
 

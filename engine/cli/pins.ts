@@ -10,7 +10,9 @@ import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import { refusedReloadWarning } from '../reload/reload-status.ts';
-import { addPin, listPins, pinOf, pinTableOf, readSightings, removePin, revokedCertificateOfKey, type RemovePinSelector } from '../pki/index.ts';
+import {
+  addPin, listPins, otherAccountsOfKey, pinOf, pinTableOf, readSightings, removePin, revokedCertificateOfKey, type KeyClaim, type RemovePinSelector,
+} from '../pki/index.ts';
 import { Spool } from '../spool/spool.ts';
 import { SpoolSet } from '../cluster/spool-set.ts';
 import { columns, configOf, guarded, print, printJson } from './pki.ts';
@@ -34,14 +36,38 @@ async function refusedAsRevoked(config: Config, pinSha256: string): Promise<bool
   return true;
 }
 
-export function pinsAddCommand(identity: string, certOrPin: string, opts: PinsOptions & { device?: string; sender?: string[] }): Promise<number> {
+/**
+ * A key that already names another account (otherAccountsOfKey: pinned in any pin table, issued by pki.dir, seen
+ * naming it): pinned for `identity` too, that account's device would sign in as `identity`, as the account page
+ * refuses. Refused here too, naming them, unless `force` (a device handed over: then remove the old pin as well);
+ * with it, pinned with the same lines as a warning. Said on stderr; returns the claims when the pin may go on.
+ */
+async function claimsOfOthers(config: Config, file: string, identity: string, pinSha256: string, force: boolean | undefined): Promise<KeyClaim[] | null> {
+  // A pin in the table being added to is addPin's to refuse (any account, --force or not): it names the line.
+  const claims = (await otherAccountsOfKey(config, identity, pinSha256)).filter((c) => c.pinTable !== file);
+  if (!claims.length) return claims;
+  const lines = claims.map((c) => `  ${c.account}: ${c.where}\n`).join('');
+  const accounts = [...new Set(claims.map((c) => c.account))].join(', ');
+  if (!force) {
+    process.stderr.write(`postern: that key already names another account:\n${lines}pinned for ${identity} too, the device of ${accounts} would sign in as ${identity}; `
+      + 'if the device is now theirs, remove it from the other account (postern pins remove, postern pki revoke) and run again, or pass --force\n');
+    return null;
+  }
+  process.stderr.write(`postern: warning: that key also names another account (pinned anyway: --force):\n${lines}`);
+  return claims;
+}
+
+export function pinsAddCommand(identity: string, certOrPin: string, opts: PinsOptions & { device?: string; sender?: string[]; force?: boolean }): Promise<number> {
   return guarded(async () => {
     const config = configOf(opts);
     const table = pinTableOf(config, opts.listener);
     const given = await certificateOrPin(certOrPin);
-    if (await refusedAsRevoked(config, pinOf(given))) return 1;
+    const pinSha256 = pinOf(given);
+    if (await refusedAsRevoked(config, pinSha256)) return 1;
+    const others = await claimsOfOthers(config, table.file, identity.trim(), pinSha256, opts.force);
+    if (!others) return 1;
     const entry = await addPin(table.file, { identity, certificateOrPin: given, device: opts.device, senders: opts.sender });
-    if (opts.json) printJson({ table: table.table, file: table.file, listeners: table.listeners, added: entry });
+    if (opts.json) printJson({ table: table.table, file: table.file, listeners: table.listeners, added: entry, otherAccounts: others });
     else print(`${table.file}: pinned ${entry.pinBase64Url} for ${entry.identity}${entry.device ? ` (device ${entry.device})` : ''}; listeners ${table.listeners.join(', ')} apply it at their reload`);
     return 0;
   });
@@ -89,7 +115,7 @@ export function pinsRemoveCommand(what: string, opts: PinsOptions & { device?: s
 
 interface Learned { pinSha256: string; subject: string | null; identity: string | null; source: string }
 
-export function pinsLearnCommand(id: string, identity: string | undefined, opts: PinsOptions & { device?: string; log?: string; yes?: boolean }): Promise<number> {
+export function pinsLearnCommand(id: string, identity: string | undefined, opts: PinsOptions & { device?: string; log?: string; yes?: boolean; force?: boolean }): Promise<number> {
   return guarded(async () => {
     const config = configOf(opts);
     const table = pinTableOf(config, opts.listener);
@@ -100,13 +126,17 @@ export function pinsLearnCommand(id: string, identity: string | undefined, opts:
     const pin64 = Buffer.from(found.pinSha256, 'hex').toString('base64url');
     const plan = { table: table.table, file: table.file, pin: pin64, identity: account, device: opts.device ?? null, subject: found.subject, from: found.source };
     if (!opts.yes) {
-      if (opts.json) printJson({ ...plan, added: false, hint: 'run again with --yes to add it' });
-      else print(`Would add to ${table.file}:\n  ${pin64} ${account}${opts.device ? `   (device ${opts.device})` : ''}\n  certificate ${found.subject ?? '(subject unknown)'}, from ${found.source}\nRun again with --yes to add it.`);
+      const others = (await otherAccountsOfKey(config, account.trim(), found.pinSha256)).filter((c) => c.pinTable !== table.file);
+      const taken = others.length ? `\n  the key already names ${others.map((c) => `${c.account} (${c.where})`).join(', ')}: adding it needs --force` : '';
+      if (opts.json) printJson({ ...plan, added: false, otherAccounts: others, hint: `run again with --yes${others.length ? ' --force' : ''} to add it` });
+      else print(`Would add to ${table.file}:\n  ${pin64} ${account}${opts.device ? `   (device ${opts.device})` : ''}\n  certificate ${found.subject ?? '(subject unknown)'}, from ${found.source}${taken}\nRun again with --yes to add it.`);
       return opts.json ? 0 : 2;
     }
     if (await refusedAsRevoked(config, found.pinSha256)) return 1;
+    const others = await claimsOfOthers(config, table.file, account.trim(), found.pinSha256, opts.force);
+    if (!others) return 1;
     const entry = await addPin(table.file, { identity: account, certificateOrPin: found.pinSha256, device: opts.device });
-    if (opts.json) printJson({ ...plan, added: true, entry });
+    if (opts.json) printJson({ ...plan, added: true, entry, otherAccounts: others });
     else print(`${table.file}: pinned ${entry.pinBase64Url} for ${account} (certificate ${found.subject ?? 'of ' + id}, from ${found.source})`);
     return 0;
   });

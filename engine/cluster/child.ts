@@ -99,10 +99,10 @@ async function main(): Promise<void> {
   const dispatch = (m: Message, handle?: Socket): void => {
     if (m.t === 'conn' && m.policy) { // a policy service's connection: the service's slot (no per-IP one)
       const key = m.key;
-      if (key === undefined) return void (handle && running!.acceptConnection(m.listener!, handle, m.open));
+      if (key === undefined) return void (handle && running!.acceptPolicyConnection(m.listener!, handle, m.open));
       if (!handle) return counters.giveBack(key); // closed on the way: its slot goes back (told with the next message)
       handle.once('close', () => counters.giveBack(key));
-      running!.acceptConnection(m.listener!, handle, counters.uncounted(key, m.open!, m.seen));
+      running!.acceptPolicyConnection(m.listener!, handle, counters.uncounted(key, m.open!, m.seen));
     } else if (m.t === 'conn') {
       if (!handle) return m.key === undefined ? undefined : counters.giveBack(m.key); // closed on the way: its slot goes back
       // Without a key: a PROXY protocol listener's, counted here once its header names the client.

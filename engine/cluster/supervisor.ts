@@ -71,6 +71,7 @@ import { listenPolicyService, policyConnectionKey, type BoundPolicyService } fro
 import { BUSY_WITHOUT_TIMERS_MS, ThreadProgress, heldStill } from './thread-progress.ts';
 import { SilenceClock } from './silence-clock.ts';
 import { silenceBlamesEventLoop, type Silenced } from './silence-blame.ts';
+import { unreadableChildMessage } from './child-messages.ts';
 import { SUPERVISOR_HANG_MS, TAKE_MS, RECYCLE_GRACE_MS, STALE_FOR_CONNECTIONS_MS, HEARTBEAT_MS, STARTUP_MS, LOCK_CHECK_MS, crashDir, clusterStatusFile, statusSocket, runningMirror } from './process-model.ts';
 import { readMirror, removeMirror, type RunningScript } from '../sandbox/running-call.ts';
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
@@ -258,6 +259,8 @@ export class Supervisor {
   #metricsNext = 0;
   /** The children's last metrics, and those of children that exited: the server's counters never go down. */
   readonly #clusterMetrics = new ClusterMetrics();
+  /** Children being replaced for a message the supervisor could not read (#fromChild): said once each. */
+  readonly #misspoke = new WeakSet<ChildProcess>();
   #saving: Promise<void> = Promise.resolve();
   /** Until every child was ready once: a child that fails before that fails the start. */
   #firstStart: { resolve(): void; reject(err: Error): void } | null = null;
@@ -514,7 +517,7 @@ export class Supervisor {
     });
     handOver(proc, { ...runningSettings(this.config.config), handedParse: this.#handedParse });
     Object.assign(child, { proc, ready: false, lastBeat: performance.now(), progress: null, silence: null, silentRanMs: 0, inflight: new Set(), copies: [], handed: 0, got: 0, elu: 0, cpu: 0, fresh: 0, takingSince: null, acceptPending: false, accepting: false, stopPending: false, full: false, storeDown: null, spoolUnconfirmedMs: null, startedAt: performance.now() });
-    proc.on('message', (m: { t?: string }) => this.#message(child, proc, m));
+    proc.on('message', (m: unknown) => this.#fromChild(child, proc, m));
     proc.on('exit', (code, signal) => this.#exited(child, proc, code, signal));
     proc.on('error', (err: NodeJS.ErrnoException) => {
       // A message to a child that is exiting (its channel closed while the message was on its way: a stop, a
@@ -525,6 +528,43 @@ export class Supervisor {
       // Never started (fork failed: EAGAIN, ENOMEM): no 'exit' will come, so treat it as one.
       if (proc.pid === undefined) this.#exited(child, proc, null, null, `could not start: ${err.message}`);
     });
+  }
+
+  /**
+   * A message from a child: acted on when the supervisor can read it (child-messages.ts), else that child is replaced,
+   * not believed. Whatever it sent, or whatever acting on it threw, the supervisor (and every other process) stays up.
+   */
+  #fromChild(child: Child, proc: ChildProcess, m: unknown): void {
+    let problem = unreadableChildMessage(m);
+    if (problem === null) {
+      try {
+        return this.#message(child, proc, m as { t?: string });
+      } catch (err) {
+        problem = `acting on its ${String((m as { t?: unknown }).t)} message threw: ${(err as Error).message}`;
+      }
+    }
+    if (this.#misspoke.has(proc)) return; // being replaced already: said once
+    this.#misspoke.add(proc);
+    const kind = typeof (m as { t?: unknown } | null)?.t === 'string' ? (m as { t: string }).t.slice(0, 40) : null;
+    if (child.proc !== proc) {
+      this.log.warn({ [child.kind]: child.index, childPid: proc.pid, message: kind, problem }, `a ${child.kind} process that has ended sent a message the supervisor cannot read (${problem}): ignored`);
+      return;
+    }
+    this.log.error({ [child.kind]: child.index, childPid: proc.pid, message: kind, problem },
+      `${child.kind} ${child.index} sent a message the supervisor cannot read (${problem}): replacing it`);
+    this.#replace(child, proc);
+  }
+
+  /**
+   * Replace a child that still runs: no new connections for it, and a clean stop (SIGTERM: its sessions may finish,
+   * what it acknowledged is in its spool), killed if it has not ended after the grace time; its exit starts the next.
+   */
+  #replace(child: Child, proc: ChildProcess): void {
+    child.ready = false;
+    child.takingSince = null;
+    this.#chooseAccepting(); // told to stop accepting, if it did
+    proc.kill('SIGTERM');
+    setTimeout(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); }, RECYCLE_GRACE_MS).unref();
   }
 
   #message(child: Child, proc: ChildProcess, m: { t?: string; id?: string; dir?: string }): void {
@@ -1040,11 +1080,7 @@ export class Supervisor {
         // sessions may finish (SIGTERM: a clean stop); the connections waiting for it are closed at its exit.
         this.log.error({ [c.kind]: c.index, pid: c.proc.pid, waiting: c.inflight.size + c.copies.length, waitedMs: Math.round(now - c.takingSince) },
           `${c.kind} ${c.index} takes no connections handed to it: replacing it`);
-        c.ready = false;
-        c.takingSince = null;
-        const proc = c.proc;
-        proc.kill('SIGTERM');
-        setTimeout(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); }, RECYCLE_GRACE_MS).unref();
+        this.#replace(c, c.proc);
       }
     }
     this.#chooseAcceptingNow();

@@ -16,6 +16,7 @@ import { RequestReader, answerBuffer, formatAnswer, type PolicyRequest } from '.
 import { FactsMemo, requestContext, sameSpellingOfAddresses, type RequestContext } from './request-context.ts';
 import { EARLIER_HOOKS, EARLIER_OF_HOOKLESS_STATE, StageVerdicts, stageInstance, stageKey } from './earlier-stages.ts';
 import { fingerprintDigestMismatch } from './postfix-certificate.ts';
+import { unreadableAddressRefusal } from './envelope-addresses.ts';
 import { DUNNO, MALFORMED_ACTION, policyAction, type PolicyAction } from './actions.ts';
 import { firstToClose, nextProgress } from '../connection-limits/closing-order.ts';
 import { idleAfterReads } from '../timing/idle-after-reads.ts';
@@ -233,9 +234,12 @@ export class PolicyServer {
     /** The script whose verdict or failure refused, for the log line. */
     let script: string | undefined;
     try {
+      const unreadable = request.malformed ? null : unreadableAddressRefusal(request.attributes);
       if (request.malformed) {
         log.error({ service: this.name, cid, err: request.malformed }, `malformed policy request: ${request.malformed}`);
         result = { action: MALFORMED_ACTION, kind: 'malformed', reason: 'malformed policy request' };
+      } else if (unreadable) {
+        result = unreadable; // as a listener refuses the command: no script sees the address
       } else {
         const rc = requestContext(request.attributes, service, generation, memo);
         if (rc && !rc.ctx.connection.clientCertificate && (request.attributes.ccert_fingerprint || request.attributes.ccert_pubkey_fingerprint)) this.#checkDigest(request.attributes, service, cid);

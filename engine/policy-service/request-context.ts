@@ -10,7 +10,7 @@ import type { PolicyServiceConfig } from '../config/schema.ts';
 import type { PolicyGeneration } from '../policy/generation.ts';
 import { builtinRelay } from '../policy/builtin-rules.ts';
 import { canonicalIp } from '../addresses/ip-text.ts';
-import { asciiDomain } from '../policy/domain-key.ts';
+import { asciiDomain, envelopeDomain } from '../policy/domain-key.ts';
 import { NO_MESSAGE_BODY } from '../sandbox/index.ts';
 import { listedForRelay, postfixCertificate, postfixCertificateIdentity, withRevocation } from './postfix-certificate.ts';
 
@@ -33,7 +33,8 @@ export interface RequestContext {
 }
 
 /**
- * The client's and server's addresses in the one spelling Postern's own listeners give them (canonicalIp),
+ * The client's and server's addresses in the one spelling Postern's own listeners give them (canonicalIp), and the
+ * envelope's as Postfix delivers them (asPostfixDelivers),
  * before anything reads them: a request naming its client as `2001:DB8:0:0::1` or `::ffff:192.0.2.1` (a
  * client of the service other than Postfix, a proxy's header passed on) was another client than
  * `2001:db8::1` or `192.0.2.1` to rate() keys built from ctx.connection.remoteAddress, to a table keyed by
@@ -42,6 +43,33 @@ export interface RequestContext {
 export function sameSpellingOfAddresses(a: Record<string, string>): void {
   if (a.client_address !== undefined) a.client_address = canonicalIp(a.client_address);
   if (a.server_address !== undefined) a.server_address = canonicalIp(a.server_address);
+  if (a.sender) a.sender = asPostfixDelivers(a.sender);
+  if (a.recipient) a.recipient = asPostfixDelivers(a.recipient);
+}
+
+/**
+ * An envelope address as Postfix delivers it (its trivial-rewrite, with its defaults), where a listener refuses the
+ * spelling (501 5.1.3) and so no script ever saw it: given as the client wrote it, every compare of a script with
+ * the name Postfix delivers to missed (a refused domain, a sender kept from outsiders) and the mail went through.
+ * - A bang path without a domain, `blocked.example!r`, is `r@blocked.example` (swap_bangpath = yes): Postfix
+ *   relays it there, while the script saw no domain at all.
+ * - A domain's one trailing dot is dropped (resolve.c: not a second one, nor one right after the @):
+ *   `r@blocked.example.` is delivered to blocked.example.
+ * - A non-ASCII domain is the U-labels of its IDNA (UTS #46) mapping, as a listener gives an SMTPUTF8 one (and as
+ *   Postfix maps it for its lookups): `r@<U+FF42>locked.example` and `r@BLOCKED.example` are r@blocked.example.
+ *   An ASCII one stays as written (A-labels too), as in a listener's ASCII transaction; one IDNA refuses as well.
+ */
+// eslint-disable-next-line no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
+
+function asPostfixDelivers(address: string): string {
+  const bang = address.includes('@') ? -1 : address.indexOf('!');
+  const swapped = bang > 0 && bang < address.length - 1 ? `${address.slice(bang + 1)}@${address.slice(0, bang)}` : address;
+  const undotted = !swapped.endsWith('.') || swapped.endsWith('..') || swapped.endsWith('@.') || !swapped.includes('@') ? swapped : swapped.slice(0, -1);
+  const at = undotted.lastIndexOf('@');
+  const domain = undotted.slice(at + 1);
+  if (at < 0 || !NON_ASCII.test(domain)) return undotted;
+  return `${undotted.slice(0, at + 1)}${envelopeDomain(domain, true) || domain}`;
 }
 
 const known = (v: string | undefined): string | null => (v && v !== 'unknown' ? v : null);

@@ -154,8 +154,10 @@ export async function deleteMessage(spool: QueueSpool, id: string): Promise<bool
   // wait for that record, which a deleted message never gets: withdrawn before the message goes, while they still
   // wait, and again after it, for one the run under way spooled in between (it looks for the message once more after
   // spooling: QueueRunner).
-  const unrecorded = ((await spool.readState(id).catch(() => null))?.attempts ?? 0) + 1;
-  const withdrawNotices = (): Promise<string[]> => evenWhenFull(spool, () => withdrawNoticesOfDeleted(spool, id, unrecorded));
+  const unrecorded = await unrecordedAttempt(spool, id);
+  const withdrawNotices = async (): Promise<void> => {
+    if (unrecorded !== null) await evenWhenFull(spool, () => withdrawNoticesOfDeleted(spool, id, unrecorded));
+  };
   await withdrawNotices();
   await evenWhenFull(spool, () => spool.remove(id));
   await spool.release(id); // after the message: a crash in between leaves a hold without a message, removed at start
@@ -163,6 +165,22 @@ export async function deleteMessage(spool: QueueSpool, id: string): Promise<bool
   // No rescan asked: the runner's next scan drops what it no longer lists, and an attempt finds it gone. A rescan
   // rereads every state of the queue (every delete of a loop over a 30,000-message queue cost 1.5 s of its CPU).
   return true;
+}
+
+/**
+ * The attempt of message `id` whose outcome is not recorded yet: the one after those its state file counts. Null when
+ * that file cannot be parsed (cut short, damaged): which attempts are recorded is not known, and the queue runner lets
+ * every notice of such a message go (it holds none back for a record it cannot read); taken for none, attempt 1's
+ * recorded bounce was withdrawn, and the sender never learnt that a recipient had failed. A failure of the disk itself
+ * (EIO) is thrown: the command fails, to be run again.
+ */
+async function unrecordedAttempt(spool: QueueSpool, id: string): Promise<number | null> {
+  try {
+    return ((await spool.readState(id))?.attempts ?? 0) + 1;
+  } catch (err) {
+    if (typeof (err as NodeJS.ErrnoException).code === 'string') throw err;
+    return null;
+  }
 }
 
 /** Which messages `queue retry|delete|hold|release` act on: every one, or those whose sender / a pending recipient matches. */

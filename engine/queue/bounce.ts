@@ -116,8 +116,11 @@ export async function withdrawNoticesOfDeleted(
   const withdrawn: string[] = [];
   for (let slot = 0; await spool.hasNotice(noticeId(originalId, 'failure', attempt, slot)); slot++) {
     const id = noticeId(originalId, 'failure', attempt, slot);
-    const notice = await spool.readEnvelope(id).catch(() => null);
-    if (!notice) continue; // gone meanwhile
+    // Gone meanwhile (ENOENT), or damaged (no code: it cannot go out as written): passed over. A read the disk failed
+    // (EIO) is no answer: taken for "gone", it let the notice of a deleted message go out while `postern queue
+    // delete` reported success; thrown, the delete fails and says why.
+    const notice = await spool.readEnvelope(id).catch((err: NodeJS.ErrnoException) => { if (err.code && err.code !== 'ENOENT') throw err; return null; });
+    if (!notice) continue;
     if (!notice.recipients.every((r) => r.status)) await withdraw(spool, notice, MESSAGE_DELETED);
     withdrawn.push(id);
   }

@@ -1033,7 +1033,8 @@ export class QueueRunner {
       } else {
         await this.#spool.updateState(id, state);
         this.#noState.delete(id);
-        if (!(await this.#spool.has(id))) await this.#spool.remove(id); // deleted meanwhile: no orphan state
+        // Deleted meanwhile: no orphan state. A look the disk failed is no deletion (the message stays, pending).
+        if (!(await this.#spool.has(id).catch(() => true))) await this.#spool.remove(id);
         else {
           if (!this.#closing) this.#due.set(id, this.#dueAt(Date.parse(nextAttemptAt!)));
           // Read from a journal record (a file's envelope carries its SHA-256): a message moved already, or large enough

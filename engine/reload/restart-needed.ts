@@ -73,8 +73,13 @@ function changed(out: string[], key: string, was: unknown, now: unknown): void {
  * file's it spooled into a data directory no queue process delivers from.
  */
 export interface RunningSettings {
-  /** Each bound listener's TLS as started, for a listener whose TLS changes to or from implicit (a restart applies it). */
-  listeners: Array<{ name: string; tls: Config['listeners'][number]['tls'] }>;
+  /**
+   * Each bound listener as started, where a restart alone applies a change: its TLS (to or from implicit), and what the
+   * supervisor decides by at accept (restartNeeded above): whether its clients come with a PROXY header and from whom
+   * (`proxyProtocol`, null: off), and the network an IPv6 client's slot is counted by (`ipv6PrefixLength`). Both are
+   * absent in the settings of a supervisor of an earlier release.
+   */
+  listeners: Array<{ name: string; tls: Config['listeners'][number]['tls']; proxyProtocol?: Config['listeners'][number]['proxyProtocol'] | null; ipv6PrefixLength?: number }>;
   dataDir: string;
   log: Config['log'];
   store: Config['store'];
@@ -82,7 +87,9 @@ export interface RunningSettings {
 }
 
 export function runningSettings(config: Config): RunningSettings {
-  return { listeners: config.listeners.map((l) => ({ name: l.name, tls: l.tls })), dataDir: config.dataDir, log: config.log, store: config.store, authFailureWindowMs: longestAuthWindow(config) };
+  return {
+    listeners: config.listeners.map((l) => ({ name: l.name, tls: l.tls, proxyProtocol: l.proxyProtocol ?? null, ipv6PrefixLength: l.limits.ipv6PrefixLength })),
+    dataDir: config.dataDir, log: config.log, store: config.store, authFailureWindowMs: longestAuthWindow(config) };
 }
 
 /** `config` as this process runs it: its start-only keys those it started with (restartNeeded names the difference). */
@@ -93,6 +100,16 @@ export function keepRunning(config: Config, running: RunningSettings): void {
   // A process started again makes its listeners' servers anew: one to or from implicit TLS would not speak as the socket it is handed.
   for (const l of config.listeners) {
     const started = running.listeners.find((r) => r.name === l.name);
-    if (started && implicit(started) !== implicit(l)) l.tls = started.tls;
+    if (!started) continue;
+    if (implicit(started) !== implicit(l)) l.tls = started.tls;
+    // As the supervisor and the other processes take the listener's connections, whatever the file says since: a
+    // worker started again after such an edit (a crash, a hang) read a PROXY header where none comes (or took the
+    // balancer's for SMTP), and looked for each handed slot under a key of another prefix, found none and greeted
+    // every IPv6 connection as its client's first (maxConnectionsPerIp held no more).
+    if (started.proxyProtocol !== undefined) {
+      if (started.proxyProtocol === null) delete l.proxyProtocol;
+      else l.proxyProtocol = started.proxyProtocol;
+    }
+    if (started.ipv6PrefixLength !== undefined) l.limits.ipv6PrefixLength = started.ipv6PrefixLength;
   }
 }

@@ -17,7 +17,7 @@ import { ENHANCED_CODE_PREFIX, SmtpReply } from './reply.ts';
 import { reply } from './replies.ts';
 import { catalogueReplyFor, refusalContext } from './smtp-server-replies.ts';
 import { RecipientCount, refuseTooMany } from './recipient-count.ts';
-import { parameterControlRefusal } from './parameter-controls.ts';
+import { parameterControlRefusal, unnamedParameterRefusal } from './parameter-controls.ts';
 
 const requireCjs = createRequire(import.meta.url);
 const { SMTPConnection } = requireCjs('smtp-server/lib/smtp-connection') as { SMTPConnection: typeof SMTPConnectionClass };
@@ -107,7 +107,7 @@ export class AddressCommands {
     this.#ask = ask;
     const path = preparedPath(Buffer.from(command));
     if (path instanceof SmtpReply) return { code: path.responseCode, reply: `${path.responseCode} ${path.message}` };
-    const badParameter = parameterControlRefusal(path);
+    const badParameter = parameterControlRefusal(path) ?? unnamedParameterRefusal(path);
     if (badParameter) return { code: badParameter.responseCode, reply: `${badParameter.responseCode} ${badParameter.message}` };
     if (verb === 'RCPT' && this.#recipients.full(this.#session, this.#maxRecipients)) {
       refuseTooMany(this.#conn);

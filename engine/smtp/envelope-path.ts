@@ -36,6 +36,11 @@ import type { SmtpReply } from './reply.ts';
  */
 const NOT_IN_AN_ADDRESS = new RegExp(String.raw`[\p{Cc}\p{Cs}\p{Co}\p{Cn}]|(?![\u200c\u200d])\p{Cf}|` + DRAWS_NOTHING, 'u');
 
+/** Whether `text` holds a character no address carries (above). */
+export function holdsNoAddressCharacter(text: string): boolean {
+  return NOT_IN_AN_ADDRESS.test(text);
+}
+
 /**
  * `command` (MAIL or RCPT) ready for smtp-server's parser: refused when its local part holds a character no address
  * carries (above), else with a quoted local part unquoted (unquotedPath).
@@ -47,7 +52,7 @@ export function preparedPath(command: Buffer): Buffer | SmtpReply {
     const close = text.indexOf('>', open);
     const path = open < 0 ? '' : text.slice(open + 1, close < 0 ? undefined : close);
     // The local part: a domain is IDNA-mapped instead (a soft hyphen there is ignored, envelopeForm).
-    if (NOT_IN_AN_ADDRESS.test(path.slice(0, Math.max(0, path.lastIndexOf('@'))))) return reply('invisibleInAddress');
+    if (holdsNoAddressCharacter(path.slice(0, Math.max(0, path.lastIndexOf('@'))))) return reply('invisibleInAddress');
   }
   return unquotedPath(command);
 }

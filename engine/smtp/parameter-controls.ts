@@ -27,6 +27,25 @@ export function parameterControlRefusal(command: Buffer): SmtpReply | null {
   return null;
 }
 
+/**
+ * The refusal of the first parameter of `command` (MAIL or RCPT, with its verb) that has no name (`=x`, `=`), or null:
+ * smtp-server's parser drops such a word unread, so the command was taken with a parameter nothing looked at, where
+ * any other parameter not offered gets 555 (RFC 5321 §4.1.1.11: esmtp-keyword starts with a letter or digit). Named
+ * as written, as Postfix answers it (`555 5.5.4 Unsupported option: =x`).
+ */
+export function unnamedParameterRefusal(command: Buffer): SmtpReply | null {
+  if (!command.includes(0x3d)) return null; // no `=` at all
+  const text = command.toString('utf8');
+  // The usual case: no `=` after a blank (SIZE=, BODY= … have their name before it), as smtp-server splits (\s).
+  if (!/\s=/.test(text)) return null;
+  const parts = text.split(':');
+  parts.shift(); // `MAIL FROM` or `RCPT TO`
+  const words = parts.join(':').trim().split(/\s+/);
+  words.shift(); // the path
+  for (const word of words) if (word.startsWith('=')) return reply('parameterUnsupported', { parameter: word.slice(0, 64) });
+  return null;
+}
+
 /** An xtext escape (`+HH`), a control byte, or a UTF-8 lead byte of C1 (0xC2): only then can a value decode to a control. */
 function mayHoldControl(command: Buffer): boolean {
   for (const byte of command) if (byte === 0x2b || byte < 0x20 || byte === 0x7f || byte === 0xc2) return true;

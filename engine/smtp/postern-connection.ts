@@ -20,7 +20,8 @@ import { isSaslBase64 } from './sasl-base64.ts';
 import { batchReply } from './reply-batch.ts';
 import { catalogueReplyFor, refusalContext, type GreetingWait } from './smtp-server-replies.ts';
 import { RecipientCount, refuseTooMany } from './recipient-count.ts';
-import { parameterControlRefusal } from './parameter-controls.ts';
+import { parameterControlRefusal, unnamedParameterRefusal } from './parameter-controls.ts';
+import { withWrittenPath, writtenPath } from './written-path.ts';
 import { useMessageStream } from './message-stream.ts';
 import { continueInOrder } from './parser-continue.ts';
 import { PipelinedInput } from './pipelined-input.ts';
@@ -51,6 +52,9 @@ const CLIENT_WENT_AWAY = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNRE
  * Commands that move no mail forward: Postfix's junk commands (NOOP, RSET, VRFY), with HELP, EXPN, and HELO
  * and EHLO (each runs the helo script; a client needs two, around STARTTLS).
  */
+/** EXTERNAL's refusals of its response (sasl-external.ts), as PLAIN and LOGIN answer the same. */
+const EXTERNAL_REFUSALS = { cancelled: 'authAborted', notBase64: 'authBadBase64', malformed: 'authMalformed' } as const;
+
 const JUNK_COMMANDS = new Set(['NOOP', 'RSET', 'VRFY', 'HELP', 'EXPN', 'HELO', 'EHLO']);
 
 /** Commands a refusal of smtp-server's own is logged under; any other verb is UNKNOWN (log and metric labels stay few). */
@@ -504,7 +508,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
         // closed unanswered (tls.strict) was refused, by the close: counted, and its line says no reply went out.
         if (!clientLeft) this.#refusalCounted(stage, code, sent.reason);
         const unsent = closedUnanswered ? 'the connection was closed without a reply (tls.strict)' : clientLeft ? 'the client had left' : null;
-        logRefusal(this.#server.runtime.logger, this, stage, sent, this.#withEnvelope(facts), unsent);
+        logRefusal(this.#server.runtime.logger, this, stage, sent, this.#withEnvelope(withWrittenPath(stage, facts, addressCommand)), unsent);
       } else if (clientLeft && stage === 'END-OF-MESSAGE') {
         // Spooled (and delivered), but the client never read its 250: it may send the message again.
         this.#server.runtime.logger.info({ cid: this.id, client: this.remoteAddress, reply: sent.message },
@@ -767,8 +771,10 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     // An over-long line was dropped unread: no command of its own, so the session's stage, not the last verb's.
     const stage = code === 421 && text.endsWith('Command line too long') ? 'SMTP' : this.#stage;
     const asked = (stage === 'MAIL' || stage === 'RCPT') && addressCommand ? this.#askedAddress(stage, addressCommand) : false;
-    const mail = (stage === 'MAIL' && asked) || this.session.envelope?.mailFrom;
-    const rcpt = stage === 'RCPT' && asked ? asked.address : undefined;
+    // A path that does not parse is named as written, not as the sender or the recipients so far.
+    const written = (stage === 'MAIL' || stage === 'RCPT') && addressCommand && !asked ? writtenPath(addressCommand) : undefined;
+    const mail = stage === 'MAIL' && written !== undefined ? { address: written } : (stage === 'MAIL' && asked) || this.session.envelope?.mailFrom;
+    const rcpt = stage === 'RCPT' ? written ?? (asked ? asked.address : undefined) : undefined;
     const reason = catalogued ?? smtpServerReason(code, text, context);
     this.#refusalCounted(stage, code, reason);
     const overLimit = context === 'TOO_MANY_RECIPIENTS' ? this.state.recipientOvershoot + 1 : undefined;
@@ -845,7 +851,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override handler_MAIL(command: Buffer, callback: Callback): void {
     const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('MAIL', path, callback);
-    const badParameter = parameterControlRefusal(path);
+    const badParameter = parameterControlRefusal(path) ?? unnamedParameterRefusal(path);
     if (badParameter) return this.#answerPath('MAIL', badParameter, callback);
     super.handler_MAIL(path, callback);
   }
@@ -853,7 +859,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   override handler_RCPT(command: Buffer, callback: Callback): void {
     const path = preparedPath(command);
     if (path instanceof SmtpReply) return this.#answerPath('RCPT', path, callback);
-    const badParameter = parameterControlRefusal(path);
+    const badParameter = parameterControlRefusal(path) ?? unnamedParameterRefusal(path);
     if (badParameter) return this.#answerPath('RCPT', badParameter, callback);
     const maxRecipients = this.state.listener.limits.maxRecipients;
     // smtp-server counts distinct recipients only (one named again replaces the first, never over the limit): past
@@ -962,6 +968,8 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
     if (st.saslAuthenticated) return refuse(reply('authAlreadyDone'));
     if (this.session.envelope.mailFrom) return refuse(reply('authInTransaction'));
     if (st.listener.tls.mode !== 'none' && !this.secure) return refuse(reply('authNeedsTls'));
+    // A bare AUTH is a syntax error (Postfix: 501 5.5.4 Syntax: AUTH mechanism), not a mechanism this listener lacks.
+    if (method === '' && st.listener.auth.mechanisms.length) return refuse(reply('authSyntax'));
     if (!st.listener.auth.mechanisms.includes(method as 'PLAIN')) return refuse(reply('authMechanismUnknown'));
     // An address over its auth-failure limit gets no further AUTH on any connection, even one opened before.
     this.#server.policy.authAllowed(this).then((refusal) => {
@@ -1013,7 +1021,7 @@ export class PosternConnection extends SMTPConnection implements SmtpClient, Roo
   #finishExternal(response: string, continuation: boolean, callback: Callback): void {
     const parsed = parseExternalResponse(response, continuation);
     if (!parsed.ok) {
-      this.#answer('AUTH', parsed.cancelled ? reply('authAborted') : reply('authBadBase64'));
+      this.#answer('AUTH', reply(EXTERNAL_REFUSALS[parsed.failure]));
       return callback();
     }
     this.#server.policy.authenticate(this, { mechanism: 'EXTERNAL', username: parsed.authzid, password: '', authzid: parsed.authzid })

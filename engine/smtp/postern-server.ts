@@ -23,6 +23,7 @@ import { UNTRUSTED_PROXY_REASON, type TrustedProxies } from '../proxy-protocol/t
 import { readProxyHeader } from '../proxy-protocol/read-proxy-header.ts';
 import { newSessionId } from './session-id.ts';
 import { closedUnansweredCounted, connectRefusalCounted } from './connection-refusals.ts';
+import { refuseOnRemovedListener } from './removed-listener.ts';
 import { countedAddress } from '../connection-limits/counted-address.ts';
 import { OverLimitCounts, type OverLimit } from '../connection-limits/over-limit-recount.ts';
 import { clientAddress } from '../addresses/socket-address.ts';
@@ -507,18 +508,7 @@ export class PosternServer extends SMTPServer {
   }
 
   #refuseRemoved(socket: net.Socket): void {
-    const refusal = reply('listenerRemoved');
-    const client = clientAddress(socket);
-    // A decision line as every refusal a client reads has (decision-log.ts): no session, so no helo, user or certificate.
-    this.runtime.logger.info({
-      decision: 'defer', stage: 'CONNECT', client, listener: this.listenerName,
-      code: refusal.responseCode, enhanced: refusal.enhanced, reply: refusal.text, reason: refusal.reason,
-    }, `NOQUEUE: defer: CONNECT from unknown[${client}]: ${refusal.responseCode} ${refusal.enhanced} ${refusal.text}; proto=SMTP`);
-    metrics.connections.inc({ listener: this.listenerName });
-    refusalCounted(this.listenerName, 'CONNECT', refusal.responseCode, refusal.reason);
-    connectRefusalCounted(this.listenerName, refusal.reason);
-    socket.on('error', () => undefined);
-    socket.end(`${refusal.responseCode} ${refusal.message}\r\n`);
+    refuseOnRemovedListener(this.runtime.logger, this.listenerName, socket);
   }
 
   #conn(session: SMTPServerSession): PosternConnection {

@@ -68,6 +68,7 @@ export const REPLIES = {
   authAlreadyDone: { code: 503, enhanced: '5.5.1', text: 'Already authenticated', reason: 'one AUTH per session (RFC 4954 §4)' },
   authInTransaction: { code: 503, enhanced: '5.5.1', text: 'AUTH not permitted during a mail transaction', reason: 'no AUTH during a mail transaction (RFC 4954 §4)' },
   authNeedsTls: { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism (issue STARTTLS first)', reason: 'AUTH before STARTTLS on a TLS listener' },
+  authSyntax: { code: 501, enhanced: '5.5.4', text: 'Syntax: AUTH mechanism [initial-response]', reason: 'AUTH without a mechanism (RFC 4954 §4)' },
   authMechanismUnknown: { code: 504, enhanced: '5.5.4', text: 'Unrecognized authentication type', reason: 'auth.mechanisms: not offered' },
   authExternalSyntax: { code: 501, enhanced: '5.5.2', text: 'Syntax: AUTH EXTERNAL [initial-response]', reason: 'AUTH EXTERNAL syntax' },
   authAborted: { code: 501, enhanced: '5.7.0', text: 'Authentication aborted', reason: 'the client cancelled AUTH' },

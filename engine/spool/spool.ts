@@ -13,7 +13,7 @@
  * made for it has ended (the command never rewrites the state the runner keeps). `rescan` in the root is rewritten by
  * `postern queue retry|delete|hold|release` so a running queue runner re-reads every state.
  */
-import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fdatasync, fstatSync, openSync, read, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { link, mkdir, open, readdir, rename, rm, stat, unlink, readFile, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { join } from 'node:path';
@@ -410,10 +410,14 @@ export class Spool {
   /** Whether a notice spooled here (create()) is still in the queue: has(), as this spool is its own home (SpoolSet). */
   hasNotice(id: string): Promise<boolean> { return this.has(id); }
 
-  /** Whether a message is still in the queue. */
+  /**
+   * Whether a message is still in the queue. Only ENOENT is "not there": another failure of the look (EIO, out of
+   * descriptors) is thrown. Taken for "gone", a stat the disk failed made the queue runner take the message for
+   * deleted during its attempt: its failed recipients were not bounced, and a deferred one was removed from the spool.
+   */
   async has(id: string): Promise<boolean> {
     if (this.#readJournal(id)?.has(id)) return true;
-    return stat(this.messagePath(id)).then(() => true, () => false);
+    return stat(this.messagePath(id)).then(() => true, (err: NodeJS.ErrnoException) => { ignoreMissing(err); return false; });
   }
 
   /**
@@ -565,7 +569,8 @@ export class Spool {
    * normally absent, in a directory the kernel has cached), so a hold counts from the moment it is made.
    */
   async isHeld(id: string): Promise<boolean> {
-    return existsSync(this.heldPath(id));
+    // Not existsSync, which answers false to any failure: a look the disk failed let a held message be delivered.
+    return statSync(this.heldPath(id), { throwIfNoEntry: false }) !== undefined;
   }
 
   /** Ids with a hold file (a message finished as it was held may leave one until the next start). */
@@ -660,10 +665,11 @@ export class Spool {
       // due request made as the message finished. Gone now, not at its spool's writer's next start (a worker's may be
       // weeks later); has() looks after the listing, and an id is never used again.
       const of = /^(.*)\.(state|due)$/.exec(n)?.[1];
-      if (of !== undefined && !present.has(of) && !(await this.has(of))) await unlink(join(this.queueDir, n)).catch(() => undefined);
+      // A look that fails keeps the file (the message may be there): tidied at a later scan.
+      if (of !== undefined && !present.has(of) && !(await this.has(of).catch(() => true))) await unlink(join(this.queueDir, n)).catch(() => undefined);
       if (!n.endsWith('.held') || present.has(n.slice(0, -5))) continue;
       const path = join(this.queueDir, n);
-      if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5))) continue;
+      if (await this.#awaitsCommit(path) || await this.has(n.slice(0, -5)).catch(() => true)) continue;
       await unlink(path).catch(() => undefined);
     }
     // The temporary file of a state, a hold or a move out of the journal whose writer was killed before its rename

@@ -56,6 +56,15 @@ export interface CounterStore {
   close(): Promise<void>;
 }
 
+
+/**
+ * One place of a count taken with rate() given back: the count less one, never below 0. The window may have ended
+ * while the place was held (the count gone with it): a count of -1 opened the next window one place larger, one
+ * more guess for whoever came next. Two calls, not one: a rate() counted between them is still counted once.
+ */
+export async function giveBackPlace(store: Pick<CounterStore, 'add'>, key: string, windowSeconds: number): Promise<void> {
+  if (await store.add(key, -1, windowSeconds) < 0) await store.add(key, 1, windowSeconds);
+}
 /**
  * Slots for open connections, one lease per connection: held while the connection is open (renewed by
  * the process that holds it), given back at close, and expired by the store when that process is gone.

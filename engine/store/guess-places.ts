@@ -5,7 +5,7 @@
  * process's memory, relayed by the supervisor.
  */
 import type { GuessPlaces } from '../auth/failure-limiter.ts';
-import { STORE_KEYS, type CounterStore } from './counter-store.ts';
+import { STORE_KEYS, giveBackPlace, type CounterStore } from './counter-store.ts';
 
 /**
  * How long a count of places lives (s): a process that dies deciding a guess never gives its place back. Longer
@@ -22,8 +22,7 @@ export function guessPlaces(store: CounterStore): GuessPlaces {
       return r.allowed ? r.count : null;
     },
     async giveBack(key) {
-      // A count that lapsed while the place was held would go below 0 (one guess more, once): brought back.
-      if (await store.add(STORE_KEYS.authGuesses(key), -1, PLACES_SECONDS) < 0) await store.add(STORE_KEYS.authGuesses(key), 1, PLACES_SECONDS);
+      await giveBackPlace(store, STORE_KEYS.authGuesses(key), PLACES_SECONDS);
     },
   };
 }

@@ -11,6 +11,7 @@ import { addPin, initCa, listPins, readInventory } from '../../engine/pki/index.
 import {
   AccountError, accountDevices, addAccountKey, findDevice, issueAccountDevice, retireAccountDevice, type AccountContext,
 } from '../../engine/accounts/account-devices.ts';
+import { SightingRecorder } from '../../engine/pki/sightings.ts';
 import { makeTestPki, type TestPki } from '../helpers/pki.ts';
 
 let dir = '';
@@ -94,6 +95,70 @@ test('uploads: DER certificate, DER and PEM public key; a private key, garbage a
   const [erinPhone] = await accountDevices(ctx, 'erin@example.com');
   assert.equal(await findDevice(ctx, 'dave@example.com', erinPhone!.id), null);
   assert.equal((await findDevice(ctx, 'ERIN@example.com', erinPhone!.id))?.name, 'phone');
+});
+
+test('a pinned key removed on the page leaves every pin table, as a revoked certificate does', async () => {
+  // The same device pinned for the account by the administrator for Postfix too (postern pins add --listener postfix).
+  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  const entry = await addAccountKey(ctx, 'hank@example.com', 'laptop', key);
+  await addPin(join(dir, 'policy_pins'), { identity: 'hank@example.com', certificateOrPin: key, device: 'laptop' });
+  const laptop = (await accountDevices(ctx, 'hank@example.com')).find((d) => d.name === 'laptop')!;
+  const change = await retireAccountDevice(ctx, laptop, 'keyCompromise');
+  assert.deepEqual([change.revoked, change.unpinned], [false, true]);
+  for (const table of [pinsFile, join(dir, 'policy_pins')]) {
+    assert.deepEqual((await listPins(table)).filter((p) => p.pinSha256 === entry.pinSha256), [], table);
+  }
+});
+
+test('a public key too weak to name the account is refused in every form, and a private key whatever comes with it', async () => {
+  // The same bar as a certificate's key (pinOf): its pin would never name the account, the device never sign in.
+  const refused = async (device: string, given: string | Buffer, message: RegExp): Promise<void> => {
+    await assert.rejects(addAccountKey(ctx, 'gina@example.com', device, given), (err: Error) => err instanceof AccountError && message.test(err.message));
+  };
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 1024 });
+  await refused('laptop', rsa.publicKey.export({ type: 'spki', format: 'pem' }).toString(), /^Not added: a 1024-bit rsa key is too weak to pin/);
+  await refused('laptop', rsa.publicKey.export({ type: 'spki', format: 'der' }), /^Not added: a 1024-bit rsa key is too weak to pin/);
+  const dsa = generateKeyPairSync('dsa', { modulusLength: 1024, divisorLength: 160 });
+  await refused('laptop', dsa.publicKey.export({ type: 'spki', format: 'pem' }).toString(), /^Not added: a 1024-bit dsa key is too weak to pin/);
+  // A private key pasted with its public key after it: refused as a private key alone is.
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const both = `${ec.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()}${ec.publicKey.export({ type: 'spki', format: 'pem' }).toString()}`;
+  await refused('laptop', both, /That is a private key/);
+  await refused('laptop', Buffer.from(both), /That is a private key/);
+  assert.deepEqual((await listPins(pinsFile)).filter((p) => p.identity === 'gina@example.com'), []);
+  // A strong one still goes in.
+  assert.equal((await addAccountKey(ctx, 'gina@example.com', 'laptop', ec.publicKey.export({ type: 'spki', format: 'pem' }).toString())).identity, 'gina@example.com');
+});
+
+test('a key another account pinned in another pin table (a policy service\'s) is refused; its own account may pin it here too', async () => {
+  // Bob's device sends through Postfix (the policy service's pins); pinned to mallory in the listener's table, the
+  // same device connecting to the listener would sign in as mallory.
+  const bob = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey;
+  const pem = bob.export({ type: 'spki', format: 'pem' }).toString();
+  await addPin(join(dir, 'policy_pins'), { identity: 'bob@example.com', certificateOrPin: pem, device: 'phone' });
+  const spki = bob.export({ type: 'spki', format: 'der' });
+  for (const given of [pem, spki, pinOf(spki), Buffer.from(pinOf(spki), 'hex').toString('base64url')]) {
+    await assert.rejects(addAccountKey(ctx, 'mallory@example.com', 'phone', given), (err: Error) => err instanceof AccountError && err.message === 'That key is already registered.');
+  }
+  assert.deepEqual((await listPins(pinsFile)).filter((p) => p.pinSha256 === pinOf(spki)), []);
+  assert.equal((await addAccountKey(ctx, 'BOB@example.com', 'phone', pem)).identity, 'bob@example.com');
+});
+
+test('the key of a certificate the server saw name another account (a CA of caFiles not pki.dir\'s) is refused; its own account may pin it', async () => {
+  // alice's certificate of another CA the listener trusts, seen on the listener (the recorder the server writes with):
+  // pinned to mallory, her device would sign in as mallory once that certificate expires.
+  const alice = new X509Certificate(await readFile(pki.clients.alice.cert, 'utf8'));
+  const recorder = new SightingRecorder(ctx.config.dataDir, 'single', { delayMs: 1 });
+  recorder.seen({
+    fingerprintSha256: createHash('sha256').update(alice.raw).digest('hex'), pinSha256: pki.clients.alice.pinSha256, serial: alice.serialNumber,
+    subject: alice.subject, issuer: alice.issuer, notAfter: new Date(alice.validTo).toISOString(), listener: 'submission',
+    identity: 'alice@example.com', verdict: 'verified', lastConnection: 'c1',
+  });
+  await recorder.close();
+  for (const given of [alice.toString(), alice.raw, pki.clients.alice.pinSha256]) {
+    await assert.rejects(addAccountKey(ctx, 'mallory@example.com', 'laptop', given), (err: Error) => err instanceof AccountError && err.message === 'That key is already registered.');
+  }
+  assert.equal((await addAccountKey(ctx, 'alice@example.com', 'laptop', alice.raw)).identity, 'alice@example.com');
 });
 
 test('the key of a certificate the CA issued to another account is refused, in every form; its own account may pin it', async () => {

@@ -181,6 +181,7 @@ describe('password-auth', () => {
     assert.equal((await c.command('EHLO client.example')).code, 250);
     // Neither an unknown mechanism (504) nor a malformed PLAIN token (501) counts as a failed AUTH.
     assert.equal((await c.command('AUTH CRAM-MD5')).text, '504 5.5.4 Unrecognized authentication type');
+    assert.equal((await c.command('AUTH')).text, '501 5.5.4 Syntax: AUTH mechanism [initial-response]', 'no mechanism: a syntax error, not an unknown one');
     assert.equal((await c.command(`AUTH PLAIN ${b64('no-nul-separators')}`)).code, 501);
     assert.equal((await server.runtime.authFailures.count('127.0.0.1')), failuresBefore);
     assert.equal((await c.command(plain('alice@example.com', PASSWORDS['alice@example.com']))).text, OK);

@@ -31,6 +31,9 @@
  *                  appends a line to $POSTERN_DISK_FAULTS/statfs-hang.calls
  *   write-short    write() to a file whose path ends so writes half of what it is given and reports that, and
  *                  the next write() to it fails with ENOSPC: a full disk, for a write that needs a new block
+ *   stat-eio       the next stat of a path that ends so fails with EIO (a bad block in the inode table, a failing
+ *                  disk): Node's fs.stat is libuv's statx, made through syscall(2), not a stat of the C library,
+ *                  and so taken there; fs.existsSync is access(2), taken too
  *   mkdir-swap     once mkdir() has made a folder whose path ends so, it is replaced by a symbolic link to the
  *                  path in $POSTERN_DISK_FAULTS/mkdir-swap.target: another user who may write the parent folder
  *                  swapping it before the caller's next step
@@ -449,4 +452,25 @@ int socket(int domain, int type, int protocol) {
     return -1;
   }
   return real(domain, type, protocol);
+}
+
+/* stat-eio (see the top of this file): libuv makes its statx through syscall(2), so the fault is taken there. */
+long syscall(long number, ...) {
+  static long (*real)(long, ...);
+  if (!real) real = dlsym(RTLD_NEXT, "syscall");
+  va_list ap;
+  va_start(ap, number);
+  long a[6];
+  for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
+  va_end(ap);
+  if (number == SYS_statx && a[1] && claim_any("stat-eio", -1, (const char *)a[1])) { errno = EIO; return -1; }
+  return real(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+/* And fs.existsSync's access(2). */
+int access(const char *path, int mode) {
+  static int (*real)(const char *, int);
+  if (!real) real = dlsym(RTLD_NEXT, "access");
+  if (claim_any("stat-eio", -1, path)) { errno = EIO; return -1; }
+  return real(path, mode);
 }

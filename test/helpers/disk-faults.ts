@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 export type DiskFault = 'fdatasync-eio' | 'pwritev-short' | 'pwritev-eio' | 'pread-eio' | 'fsync-queue-eio' | 'open-watchdog-emfile' | 'socket-emfile';
 /** Faults on any file: armed with the end of the path they are for (see the C file). */
-export type FileFault = 'fsync-eio' | 'fsync-kill' | 'rename-kill' | 'rename-stop' | 'open-stop' | 'write-short' | 'mkdir-swap' | 'fdatasync-hang' | 'fsync-hang' | 'statfs-hang';
+export type FileFault = 'fsync-eio' | 'fsync-kill' | 'rename-kill' | 'rename-stop' | 'open-stop' | 'write-short' | 'mkdir-swap' | 'fdatasync-hang' | 'fsync-hang' | 'statfs-hang' | 'stat-eio';
 
 export interface DiskFaults {
   /** Environment for the server: the library preloaded, the folder of armed faults. */

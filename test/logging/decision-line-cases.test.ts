@@ -332,8 +332,8 @@ describe('refusal-envelope', () => {
   // A refusal made within a mail transaction names whose mail it was: every decision line written while a
   // transaction is open carries its queue id, sender and the recipients accepted so far (`from=<…> to=<…>
   // nrcpt=N`), whoever refused — Postern's own refusals that are about no one address (a data timeout, too many
-  // errors, a command that is not UTF-8, an address with an invisible character) and smtp-server's (an idle
-  // client, an over-long line, an unknown command). Before, those lines read `NOQUEUE: defer: DATA from
+  // errors, a command that is not UTF-8) and smtp-server's (an idle client, an over-long line, an unknown command). A
+  // refusal of one recipient (over maxRecipients, an invisible character) names that recipient instead, as Postfix does. Before, those lines read `NOQUEUE: defer: DATA from
   // unknown[127.0.0.1]: 421 4.4.2 Timeout - closing connection; proto=ESMTP` and said nothing of the message lost.
   // Real server, real sockets; the refusals counted in postern_smtp_refusals_total match the lines.
   type Line = Record<string, unknown>;
@@ -412,10 +412,6 @@ describe('refusal-envelope', () => {
         return [await c.read()];
       },
     },
-    {
-      name: 'a recipient with an invisible character', listener: 'envmx', stage: 'RCPT', code: 553, reason: /invisible/,
-      drive: async (c) => [await c.command('RCPT TO:<c\u00ad@example.test>')],
-    },
   ];
 
   let linesSent = 0;
@@ -455,6 +451,19 @@ describe('refusal-envelope', () => {
     linesSent += 1;
     assert.deepEqual([lines[0]!.stage, lines[0]!.from, lines[0]!.to, lines[0]!.nrcpt], ['RCPT', 'someone@example.net', 'c@example.test', undefined]);
     assert.match(String(lines[0]!.msg), /: defer: RCPT from unknown\[127\.0\.0\.1\]: 452 4\.5\.3 <c@example\.test>: Error: too many recipients; from=<someone@example\.net> to=<c@example\.test> proto=ESMTP/);
+  });
+
+  test('Postern\'s refusal of a recipient with an invisible character names that recipient as written (escaped), with the transaction\'s id and sender', { timeout: 60_000 }, async () => {
+    const mark = s.logs.length;
+    const { c } = await transaction('envmx');
+    assert.equal((await c.command('RCPT TO:<c\u00ad@example.test>')).code, 553);
+    await c.quit();
+    const lines = s.logs.slice(mark).filter(isDecision);
+    assert.equal(lines.length, 1);
+    linesSent += 1;
+    assert.match(String(lines[0]!.reason), /invisible/);
+    assert.deepEqual([lines[0]!.stage, lines[0]!.from, lines[0]!.to, lines[0]!.nrcpt], ['RCPT', 'someone@example.net', 'c\\u{ad}@example.test', undefined]);
+    assert.match(String(lines[0]!.msg), new RegExp(`^${String(lines[0]!.id)}: reject: RCPT from unknown\\[127\\.0\\.0\\.1\\]: 553 5\\.1\\.3 <c\\\\u\\{ad\\}@example\\.test>: .*; from=<someone@example\\.net> to=<c\\\\u\\{ad\\}@example\\.test> proto=ESMTP`));
   });
 
   test('postern_smtp_refusals_total counted each refusal the lines above show', async () => {
@@ -1013,6 +1022,7 @@ describe('decision-lines', () => {
     authInTransaction: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['MAIL FROM:<someone@example.net>', plainLogin('alice@example.com')]) },
     authNeedsTls: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'mx', [plainLogin('alice@example.com')]) },
     authMechanismUnknown: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['AUTH CRAM-MD5']) },
+    authSyntax: { server: 'main', stage: 'AUTH', drive: () => ending('main', 'plain', ['AUTH']) },
     authExternalSyntax: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL a b'], alice) },
     authAborted: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL', '*'], alice) },
     authBadBase64: { server: 'main', stage: 'AUTH', check: expectCertificate('alice'), drive: () => ending('main', 'mx', ['AUTH EXTERNAL !!!'], alice) },

@@ -19,12 +19,12 @@ export const here = {
     runInProcess(() => pkiRevokeCommand(what, opts)),
   list: (opts: Where & { json?: boolean }): Promise<CliResult> => runInProcess(() => pkiListCommand(opts)),
   crl: (opts: Where & { json?: boolean }): Promise<CliResult> => runInProcess(() => pkiCrlCommand(opts)),
-  pinsAdd: (identity: string, certOrPin: string, opts: { config?: string; listener?: string; device?: string; json?: boolean }): Promise<CliResult> =>
+  pinsAdd: (identity: string, certOrPin: string, opts: { config?: string; listener?: string; device?: string; json?: boolean; force?: boolean }): Promise<CliResult> =>
     runInProcess(() => pinsAddCommand(identity, certOrPin, opts)),
   pinsRemove: (what: string, opts: { config?: string; device?: string; json?: boolean }): Promise<CliResult> =>
     runInProcess(() => pinsRemoveCommand(what, opts)),
   pinsList: (opts: { config?: string; json?: boolean }): Promise<CliResult> => runInProcess(() => pinsListCommand(opts)),
-  pinsLearn: (id: string, identity: string | undefined, opts: { config?: string; device?: string; log?: string; yes?: boolean; json?: boolean }): Promise<CliResult> =>
+  pinsLearn: (id: string, identity: string | undefined, opts: { config?: string; device?: string; log?: string; yes?: boolean; json?: boolean; force?: boolean }): Promise<CliResult> =>
     runInProcess(() => pinsLearnCommand(id, identity, opts)),
 };
 

@@ -5,6 +5,7 @@ import { isExpired, retryDelayMs } from '../../engine/queue/schedule.ts';
 import { DueQueue } from '../../engine/queue/due-queue.ts';
 import { ClockSteps } from '../../engine/queue/clock-steps.ts';
 import { buildDsn } from '../../engine/queue/dsn.ts';
+import { noticeId, withdrawNoticesOfDeleted } from '../../engine/queue/bounce.ts';
 import { ByteBudget } from '../../engine/queue/byte-budget.ts';
 import { parseDsn } from '../helpers/delivery-server.ts';
 
@@ -131,4 +132,17 @@ test('byte budget: granted in order within the limit; one request over the limit
   assert.deepEqual(granted, ['a', 'big', 'small']);
   assert.ok((await budget.take(0)) instanceof Function);
   assert.equal(budget.held, 0, 'zero bytes hold nothing');
+});
+
+test('withdrawing a deleted message\'s notices: a notice gone (ENOENT) or damaged is passed over; a read the disk failed (EIO) fails the withdrawal, not taken for gone', async () => {
+  const two = new Set([noticeId('m1', 'failure', 1, 0), noticeId('m1', 'failure', 1, 1)]);
+  const failing = (err: Error) => ({
+    hasNotice: async (id: string) => two.has(id),
+    readEnvelope: async () => { throw err; },
+    updateState: async () => { throw new Error('nothing to update'); },
+  }) as unknown as Parameters<typeof withdrawNoticesOfDeleted>[0];
+  const coded = (code: string) => Object.assign(new Error(code), { code });
+  assert.deepEqual(await withdrawNoticesOfDeleted(failing(coded('ENOENT')), 'm1', 1), []);
+  assert.deepEqual(await withdrawNoticesOfDeleted(failing(new Error('malformed trailer')), 'm1', 1), []);
+  await assert.rejects(withdrawNoticesOfDeleted(failing(coded('EIO')), 'm1', 1), /EIO/);
 });

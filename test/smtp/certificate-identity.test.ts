@@ -508,11 +508,17 @@ listeners:
     await c.quit();
   });
 
-  test('an authzid with a control character, C0 or C1 (U+009B, a terminal\'s CSI), is refused as PLAIN refuses such a username: 501', async () => {
+  test('an authzid with a control character, C0 or C1 (U+009B, a terminal\'s CSI), or that is not UTF-8, is refused as PLAIN refuses such a username: 501 5.5.4, not as bad base64', async () => {
     const c = await startTls('alice');
-    for (const authzid of ['alice@example.com\x1b[2J', 'alice@example.com\u009b2J', 'alice@example.com\u0085']) {
-      assert.match((await c.command(`AUTH EXTERNAL ${Buffer.from(authzid).toString('base64')}`)).text, /^501 5\.5\.2 /, JSON.stringify(authzid));
+    const malformed = '501 5.5.4 Error: malformed SASL response (a missing username, control characters, or not the three PLAIN fields)';
+    for (const authzid of ['alice@example.com\x1b[2J', 'alice@example.com\u009b2J', 'alice@example.com\u0085', 'alice@example.com\0']) {
+      assert.equal((await c.command(`AUTH EXTERNAL ${Buffer.from(authzid).toString('base64')}`)).text, malformed, JSON.stringify(authzid));
     }
+    // Valid base64 of bytes that are not UTF-8, as the initial response and after 334.
+    const latin1 = Buffer.from('alice@exampl\xe9.com', 'latin1').toString('base64');
+    assert.equal((await c.command(`AUTH EXTERNAL ${latin1}`)).text, malformed);
+    assert.equal((await c.command('AUTH EXTERNAL')).code, 334);
+    assert.equal((await c.command(latin1)).text, malformed);
     assert.equal((await c.command('AUTH EXTERNAL =')).code, 235, 'the session goes on');
     await c.quit();
   });

@@ -95,6 +95,9 @@ listeners:
   test('a MAIL or RCPT parameter of an extension not offered is refused (REQUIRETLS too), the offered ones are taken', async () => {
     const c = await client();
     assert.equal((await c.command('MAIL FROM:<a@example.org> X-EVIL=1')).text, '555 5.5.4 Unsupported option: X-EVIL');
+    assert.equal((await c.command('MAIL FROM:<a@example.org> =x')).text, '555 5.5.4 Unsupported option: =x');
+    // Whatever blank smtp-server splits the words at (\s: a tab, a no-break space).
+    assert.equal((await c.command('MAIL FROM:<a@example.org>\u00a0=x')).text, '555 5.5.4 Unsupported option: =x');
     assert.equal((await c.command('MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc')).code, 250);
     await c.command('RSET');
     // AUTH= belongs to the AUTH extension, which a listener without SASL mechanisms never offers: refused there, as
@@ -108,6 +111,9 @@ listeners:
     await auth.quit();
     assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
     assert.equal((await c.command('RCPT TO:<b@example.com> FOO=bar')).text, '555 5.5.4 Unsupported option: FOO');
+    // A parameter without a name (`=x`, `=`): smtp-server's parser drops it unread, and the command was taken.
+    assert.equal((await c.command('RCPT TO:<b@example.com> =NOTIFY')).text, '555 5.5.4 Unsupported option: =NOTIFY');
+    assert.equal((await c.command('RCPT TO:<b@example.com> NOTIFY=NEVER =')).text, '555 5.5.4 Unsupported option: =');
     assert.equal((await c.command('RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.com')).code, 250);
     await c.quit();
     // Before TLS too: smtp-server's own check answered `530 5.7.0 REQUIRETLS not permitted on non-TLS connections`,

@@ -9,6 +9,7 @@ import { readdir, stat, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import fs, { readdirSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
+import { Worker } from 'node:worker_threads';
 import tls from 'node:tls';
 import { Writable } from 'node:stream';
 import { syncBuiltinESMExports } from 'node:module';
@@ -323,6 +324,46 @@ describe('decision-log', () => {
     assert.match(String(lines[1]!.msg), /: defer: RCPT from [\w.-]+\[127\.0\.0\.1\]: 452 4\.5\.3 <c@example\.test>: Error: too many recipients; from=<someone@example\.net> to=<c@example\.test> proto=ESMTP helo=<client\.example> over_limit=1$/);
     assert.equal(await counted() - countedBefore, 3, 'postern_smtp_refusals_total counts them');
   });
+
+  test('a MAIL or RCPT refused for its path (it does not parse, a quoted local part, a character no address carries, a bad parameter) names the path the client wrote, not the recipients accepted before it', async () => {
+    let c!: SmtpTestClient;
+    await until('a connection under the per-IP limit again', async () => {
+      c = await SmtpTestClient.connect(s.port('mx'));
+      if ((await c.read()).code === 220) return true;
+      c.destroy();
+      return false;
+    });
+    assert.equal((await c.command('EHLO client.example')).code, 250);
+    const before = refusals().length;
+    assert.equal((await c.command('MAIL FROM:<someone@example.net> SMTPUTF8')).code, 250);
+    assert.equal((await c.command('RCPT TO:<accepted@example.test>')).code, 250);
+    const long = `${'x'.repeat(3000)}@example.test`;
+    const refused: Array<[string, number, string]> = [
+      ['RCPT TO:<a@b@example.test>', 501, 'a@b@example.test'],
+      ['RCPT TO:<"a b"@example.test>', 553, '"a\\u{20}b"@example.test'],
+      // A path that never parsed writes no field of its own into the line's text: its blanks and brackets escaped.
+      ['RCPT TO:<x@y;\tto=<ceo@example.test> nrcpt=1>', 501, 'x@y;\\u{9}to=\\u{3c}ceo@example.test'],
+      ['RCPT TO:<c\u00adeo@example.test>', 553, 'c\\u{ad}eo@example.test'],
+      ['RCPT TO:<d@example.test> ORCPT=rfc822;a+0Ab', 501, 'd@example.test'],
+      ['RCPT TO:e@example.test', 501, 'e@example.test'],
+      [`RCPT TO:<${long}>`, 501, `${long.slice(0, 256)}...`],
+    ];
+    for (const [command, code] of refused) assert.equal((await c.command(command)).code, code, command);
+    assert.equal((await c.command('RSET')).code, 250);
+    assert.equal((await c.command('MAIL FROM:<x@y@example.net>')).code, 501);
+    await c.quit();
+
+    const lines = refusals().slice(before);
+    assert.equal(lines.length, refused.length + 1, JSON.stringify(lines.map((l) => l.msg)));
+    refused.forEach(([command, code, written], i) => {
+      const line = lines[i]!;
+      assert.deepEqual([line.stage, line.code, line.to, line.nrcpt, line.from], ['RCPT', code, written, undefined, 'someone@example.net'], command);
+      assert.ok(String(line.msg).endsWith(`; from=<someone@example.net> to=<${written}> proto=ESMTP helo=<client.example>`), `${command}: ${String(line.msg)}`);
+    });
+    const mail = lines.at(-1)!;
+    assert.deepEqual([mail.stage, mail.code, mail.from], ['MAIL', 501, 'x@y@example.net']);
+    assert.match(String(mail.msg), /: reject: MAIL from [\w.-]+\[127\.0\.0\.1\]: 501 5\.1\.7 <x@y@example\.net>: Error: Bad sender address syntax; from=<x@y@example\.net> proto=ESMTP helo=<client\.example>$/);
+  });
 });
 
 describe('log-format', () => {
@@ -395,6 +436,44 @@ describe('log-format', () => {
     assert.equal(line!.client, '127.0.0.1');
     assert.match(String((line!.clientError as { message: string }).message), /unsupported protocol/i);
     assert.equal(await failures(), before + 1);
+  });
+
+  const asleep = new Int32Array(new SharedArrayBuffer(4));
+
+  /**
+   * A client on its own thread that connects and resets (RST) at once, `first` written before the reset, while this
+   * thread's event loop (the server's) is held: the server accepts a connection already reset, whose address the
+   * kernel no longer gives (getpeername: ENOTCONN), as a loaded server accepts a scanner that came and went.
+   */
+  async function resetWhileHeld(port: number, first: string): Promise<void> {
+    const done = new Int32Array(new SharedArrayBuffer(4));
+    const worker = new Worker(`
+    const net = require('node:net');
+    const { workerData: { port, first, done } } = require('node:worker_threads');
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.on('connect', () => { if (first) socket.write(first); setTimeout(() => socket.resetAndDestroy(), 50); });
+    socket.on('close', () => { Atomics.store(done, 0, 1); Atomics.notify(done, 0); });
+  `, { eval: true, workerData: { port, first, done } });
+    // Held (blocked, not spinning) until the client has reset: no socket of the server is read meanwhile. The thread
+    // starts, connects (the kernel completes the handshake) and resets without this one.
+    assert.notEqual(Atomics.wait(done, 0, 0, 60_000), 'timed-out', 'the client thread connected and reset');
+    Atomics.wait(asleep, 0, 0, 100); // the RST in before the server reads
+    await worker.terminate();
+  }
+
+  test('implicit TLS: a client that resets before its handshake, its address gone with it, is logged at info as the client\'s, not as a listener error', async () => {
+    const logged = s.logs.length;
+    for (const first of ['', 'EHLO plaintext.example\r\n']) await resetWhileHeld(s.port('smtps'), first);
+    const clientLines = (): Array<Record<string, unknown>> => s.logs.slice(logged).filter((l) => l.msg === 'client connection error');
+    await until('both resets are logged', () => clientLines().length === 2);
+    const errors = s.logs.slice(logged).filter((l) => Number(l.level) >= 50);
+    assert.deepEqual(errors.map((l) => l.msg), [], 'no error-level line (no "listener error" with a stack trace)');
+    for (const line of clientLines()) {
+      assert.equal(line.level, 30, JSON.stringify(line));
+      assert.equal(line.err, undefined, 'no error object (pino would print its stack)');
+      assert.deepEqual([line.decision, line.stage, line.listener, line.client], ['reject', 'CONNECT', 'smtps', null]);
+    }
   });
 
   test('log.format pretty writes readable lines, not JSON', () => {

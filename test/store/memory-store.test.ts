@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemoryCounterStore } from '../../engine/store/index.ts';
+import { claimAccountGuess } from '../../engine/auth/account-failures.ts';
 
 test('rate(): up to limit per window, denied calls not counted, a new window after it ends', async () => {
   let now = 1000;
@@ -92,4 +93,16 @@ test('bounded: at a full store expired keys go first, before live ones', async (
   now = 5000; // the short windows ended; old-live has not
   for (let i = 0; i < 500; i++) await store.rate(`script:rate:new${i}`, 1, 3600);
   assert.equal(await store.get('script:counter:old-live'), 1, 'a live key survives while expired ones can go');
+});
+
+test('a password guess\'s place given back after its window ended does not make the next window one place larger', async () => {
+  let now = 0;
+  const store = new MemoryCounterStore(() => now);
+  const limit = { count: 2, windowMs: 10_000 };
+  const right = await claimAccountGuess(store, limit, 'alice@example.com', '198.51.100.7');
+  now += 10_000; // the argon2 check and the auth script outlived the window
+  await right.settle(false);
+  const next = [];
+  for (let i = 0; i < 3; i++) next.push((await claimAccountGuess(store, limit, 'alice@example.com', '203.0.113.9')).deferred);
+  assert.deepEqual(next, [false, false, true], 'the limit in the next window, not one guess more');
 });

@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { rm } from 'node:fs/promises';
 import { createClient } from 'redis';
-import { StoreUnavailable } from '../../engine/store/index.ts';
+import { STORE_KEYS, StoreUnavailable } from '../../engine/store/index.ts';
+import { claimAccountGuess } from '../../engine/auth/account-failures.ts';
 import { RedisCounterStore } from '../../engine/store/redis-store.ts';
 import { createLogger } from '../../engine/logging/logger.ts';
 import { eventually, needsRedis, startRedis, type TestRedis } from '../helpers/redis-server.ts';
@@ -119,6 +120,24 @@ describe('redis-store', () => {
       assert.ok(await raw.pTTL('expiry:c') <= ttlBefore);
       assert.equal((await s.rate('r', 1, 1)).allowed, false);
       await eventually(async () => (await s.rate('r', 1, 1)).allowed, 'the 1 s window ended');
+    } finally {
+      await raw.close();
+      await s.close();
+    }
+  });
+
+  test('a password guess\'s place given back after its window ended does not make the next window one place larger', opts, async () => {
+    const s = await ready(store('giveback:'));
+    const raw = createClient({ url: redis.url });
+    await raw.connect();
+    try {
+      const limit = { count: 2, windowMs: 60_000 };
+      const right = await claimAccountGuess(s, limit, 'alice@example.com', '198.51.100.7');
+      await raw.del(`giveback:${STORE_KEYS.accountAuthFailures('alice@example.com')}`); // its window ended meanwhile
+      await right.settle(false);
+      const next = [];
+      for (let i = 0; i < 3; i++) next.push((await claimAccountGuess(s, limit, 'alice@example.com', '203.0.113.9')).deferred);
+      assert.deepEqual(next, [false, false, true], 'the limit in the next window, not one guess more');
     } finally {
       await raw.close();
       await s.close();
