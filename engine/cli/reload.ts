@@ -16,11 +16,13 @@ import { resolve } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { statusSocket } from '../cluster/process-model.ts';
 import { lockHolder } from '../spool/data-dir-lock.ts';
-import { ask, dataDirOf, explainNoStatus, NOT_ANSWERING, NOT_RUNNING } from './status.ts';
+import { ANSWER_WITHIN_MS, ask, dataDirOf, explainNoStatus, NOT_ANSWERING, NOT_RUNNING } from './status.ts';
 
 /** Longer than a build's own deadline (a script whose top level never returns is a refused reload by then). */
 const DEFAULT_TIMEOUT_S = 120;
 const ASK_EVERY_MS = 200;
+/** The last question near --timeout still has this long for its answer (ms). */
+const MIN_ANSWER_MS = 500;
 
 /** One process's reload counts, as the supervisor relays them (ChildReloadState). */
 interface ProcessReloads { pid?: number; generation: number; checks?: number; supersededBuilds?: number; lastError: string[] | null }
@@ -37,9 +39,13 @@ export async function reloadCommand(opts: { config?: string; dataDir?: string; t
     process.stderr.write(`postern: --timeout ${opts.timeout}: a number of seconds above 0\n`);
     return 1;
   }
+  // Each question within what is left of --timeout (the usual wait at most): a hung server must not keep the command
+  // past it (`systemctl reload` waits on it).
+  const started = performance.now();
+  const within = (): number => Math.max(MIN_ANSWER_MS, Math.min(ANSWER_WITHIN_MS, started + timeoutMs - performance.now()));
   let before: Status;
   try {
-    before = await ask<Status>(socket, '/status');
+    before = await ask<Status>(socket, '/status', within());
   } catch (err) {
     return explainNoStatus(err, socket, dataDir, opts, 'reload');
   }
@@ -66,12 +72,12 @@ export async function reloadCommand(opts: { config?: string; dataDir?: string; t
     process.stderr.write(`postern: not running (the process that held the lock of ${dataDir} has exited)\n`);
     return NOT_RUNNING;
   }
-  const deadline = performance.now() + timeoutMs;
+  const deadline = started + timeoutMs;
   for (;;) {
     await delay(ASK_EVERY_MS);
     let now: Status;
     try {
-      now = await ask<Status>(socket, '/status');
+      now = await ask<Status>(socket, '/status', within());
     } catch (err) {
       return explainNoStatus(err, socket, dataDir, opts, 'reload');
     }

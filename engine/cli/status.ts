@@ -29,7 +29,7 @@ export const DEGRADED = 5;
  * The whole answer, not only each read: a server that answers a byte at a time is not answering either.
  * POSTERN_STATUS_ANSWER_MS sets another: tests of a server that cannot answer (stopped) shorten the wait for nothing.
  */
-const ANSWER_WITHIN_MS = envKnob('POSTERN_STATUS_ANSWER_MS', 10_000);
+export const ANSWER_WITHIN_MS = envKnob('POSTERN_STATUS_ANSWER_MS', 10_000);
 /**
  * A status is a few kilobytes (a few more per fence); anything past this is not one. Unbounded, an answer
  * without end filled the client's memory until a string could grow no more, and it crashed with a stack trace.
@@ -73,7 +73,7 @@ export async function statusCommand(opts: { config?: string; dataDir?: string })
 export function explainNoStatus(err: unknown, socket: string, dataDir: string, opts: { dataDir?: string }, command = 'status'): number {
   // A socket that accepted the connection has a server behind it (a dead one's refuses it, or is gone).
   if (err instanceof NoAnswer) {
-    process.stderr.write(`postern: the server does not answer on ${socket} within ${ANSWER_WITHIN_MS / 1000} s: it is hung or overloaded (its processes: ${join(dataDir, 'cluster.json')})\n`);
+    process.stderr.write(`postern: the server does not answer on ${socket} within ${err.withinMs / 1000} s: it is hung or overloaded (its processes: ${join(dataDir, 'cluster.json')})\n`);
     return NOT_ANSWERING;
   }
   // Something answered: "not running" would have an on-call start a second server beside it.
@@ -119,12 +119,19 @@ export function dataDirOf(configPath: string | undefined): string {
   }
 }
 
-/** Connected, and no whole answer in time. */
-class NoAnswer extends Error {}
+/** Connected, and no whole answer in time (`withinMs`). */
+class NoAnswer extends Error {
+  readonly withinMs: number;
+  constructor(withinMs: number) {
+    super(`no answer within ${withinMs / 1000} s`);
+    this.withinMs = withinMs;
+  }
+}
 /** Connected, and answered with something that is not a status: an error, not HTTP, not JSON, or too large. */
 class BadAnswer extends Error {}
 
-export function ask<T>(socketPath: string, path: string): Promise<T> {
+/** `withinMs`: how long an answer is waited for (less than the usual for a command that must end by its own deadline). */
+export function ask<T>(socketPath: string, path: string, withinMs = ANSWER_WITHIN_MS): Promise<T> {
   const socket = shortSocketPath(socketPath);
   return new Promise<T>((resolvePromise, reject) => {
     // Why this side ended the request (the deadline, an answer too large): the request and the response may each
@@ -166,7 +173,7 @@ export function ask<T>(socketPath: string, path: string): Promise<T> {
     req.once('socket', (s) => s.once('connect', () => { connected = true; }));
     // Judged after the sockets are read: a command that gets the CPU back late (a loaded host) runs its timers
     // first, and an answer that had come in time, waiting in the socket, was given up on as "hung or overloaded".
-    const cancelDeadline = deadlineAfterReads(ANSWER_WITHIN_MS, () => end(connected ? new NoAnswer() : new Error(`no connection within ${ANSWER_WITHIN_MS / 1000} s`)));
+    const cancelDeadline = deadlineAfterReads(withinMs, () => end(connected ? new NoAnswer(withinMs) : new Error(`no connection within ${withinMs / 1000} s`)));
     req.on('error', (err) => {
       if (!connected || ended) {
         fail(err);
