@@ -273,4 +273,6 @@ export class MemoryCounterStore implements CounterStore, ImmediateCounterStore {
   }
 }
 
-const resetSeconds = (entry: Entry, now: number): number => Math.max(0, Math.ceil((entry.expiresAt - now) / 1000));
+// To the whole millisecond first: the clock is fractional (performance.now()), and a window just opened left
+// 60000.00000000001 ms of a 60 s one, which ceil made 61 s, more than the window.
+const resetSeconds = (entry: Entry, now: number): number => Math.max(0, Math.ceil(Math.round(entry.expiresAt - now) / 1000));

@@ -106,3 +106,9 @@ test('a password guess\'s place given back after its window ended does not make 
   for (let i = 0; i < 3; i++) next.push((await claimAccountGuess(store, limit, 'alice@example.com', '203.0.113.9')).deferred);
   assert.deepEqual(next, [false, false, true], 'the limit in the next window, not one guess more');
 });
+
+test('rate(): resetSeconds is never more than the window, whatever fraction of a millisecond the clock is at', async () => {
+  const now = 5536.5866206; // now + 60 000 − now is 60000.00000000001 in floating point
+  const store = new MemoryCounterStore(() => now);
+  assert.deepEqual(await store.rate('k', 2, 60), { allowed: true, count: 1, resetSeconds: 60 });
+});
