@@ -1,6 +1,7 @@
 /**
  * `postern replay --scripts DIR`: what candidate scripts would have decided on the recorded traffic
- * (engine/replay/). Exit 0 when no decision changes, 1 when some do, 3 when it cannot run.
+ * (engine/replay/). Exit 0 when no decision changes, 1 when some do, 3 when it cannot run or had to stop (a
+ * candidate's call that could not be stopped: the counts printed are up to it).
  */
 import { loadStartConfig } from '../config/start-config.ts';
 import { ConfigError } from '../config/config-error.ts';
@@ -21,6 +22,11 @@ export async function replayCommand(opts: ReplayCliOptions): Promise<number> {
       examples: opts.examples === undefined ? undefined : Number(opts.examples),
     });
     process.stdout.write(opts.json ? `${JSON.stringify(summary, null, 2)}\n` : asText(summary));
+    if (summary.stopped) {
+      const at = summary.stopped.at;
+      process.stderr.write(`postern replay: stopped: a candidate's call could not be stopped (${summary.stopped.reason})${at ? `, on the call recorded at ${at.time} (${at.connectionId ?? '-'}, address=${at.address ?? '-'})` : ''}; a server running it would lose its worker process to such a call: fix the candidate and replay again\n`);
+      return 3;
+    }
     return summary.changed ? 1 : 0;
   } catch (err) {
     if (err instanceof GenerationError) for (const line of err.lines) process.stderr.write(`${line}\n`);
