@@ -1,11 +1,12 @@
 /**
  * `postern replay --scripts DIR`: what candidate scripts would have decided on the recorded traffic
- * (engine/replay/). Exit 0 when no decision changes, 1 when some do, 3 when it cannot run.
+ * (engine/replay/). Exit 0 when no decision changes, 1 when some do, 3 when it cannot run or had to stop (a
+ * candidate's call that could not be stopped: the counts printed are up to it).
  */
 import { loadStartConfig } from '../config/start-config.ts';
 import { ConfigError } from '../config/config-error.ts';
 import { GenerationError } from '../generation/build-generation.ts';
-import { createLogger } from '../logging/logger.ts';
+import { clientText, createLogger } from '../logging/logger.ts';
 import { isHookName } from '../sandbox/hooks.ts';
 import { replay, type ReplaySummary } from '../replay/replay.ts';
 
@@ -21,6 +22,11 @@ export async function replayCommand(opts: ReplayCliOptions): Promise<number> {
       examples: opts.examples === undefined ? undefined : Number(opts.examples),
     });
     process.stdout.write(opts.json ? `${JSON.stringify(summary, null, 2)}\n` : asText(summary));
+    if (summary.stopped) {
+      const at = summary.stopped.at;
+      process.stderr.write(`postern replay: stopped: a candidate's call could not be stopped (${summary.stopped.reason})${at ? `, on the call recorded at ${shown(at.time)} (${shown(at.connectionId ?? '-')}, address=${shown(at.address ?? '-')})` : ''}; a server running it would lose its worker process to such a call: fix the candidate and replay again\n`);
+      return 3;
+    }
     return summary.changed ? 1 : 0;
   } catch (err) {
     if (err instanceof GenerationError) for (const line of err.lines) process.stderr.write(`${line}\n`);
@@ -41,6 +47,12 @@ export function duration(text: string): number {
   return Number(m[1]) * UNITS[m[2]!]!;
 }
 
+/**
+ * What a recording holds, for the terminal: verdict texts (a script's, which may quote a client) and the
+ * recorded client facts, with what a terminal would act on or show as something else as `\u{…}`, as the log has it.
+ */
+const shown = (value: string): string => clientText(value, Infinity);
+
 function asText(s: ReplaySummary): string {
   const out = [`${s.decisions} recorded decision${s.decisions === 1 ? '' : 's'}, ${s.changed} would change`];
   if (s.unreplayable) out.push(`(${s.unreplayable} data-hook call${s.unreplayable === 1 ? '' : 's'} not compared: the candidate reads the body, which is not recorded)`);
@@ -48,8 +60,8 @@ function asText(s: ReplaySummary): string {
   for (const g of s.groups) {
     out.push('', `${g.hook}: ${g.from} → ${g.to}: ${g.count}`);
     for (const e of g.examples) {
-      out.push(`  ${e.time} ${e.connectionId ?? '-'}${e.listener ? ` ${e.source === 'postfix-policy' ? 'policy service ' : ''}${e.listener}` : ''} identity=${e.identity ?? '-'} address=${e.address ?? '-'}`);
-      out.push(`    was ${e.old}`, `    now ${e.new}`);
+      out.push(`  ${shown(e.time)} ${shown(e.connectionId ?? '-')}${e.listener ? ` ${e.source === 'postfix-policy' ? 'policy service ' : ''}${shown(e.listener)}` : ''} identity=${shown(e.identity ?? '-')} address=${shown(e.address ?? '-')}`);
+      out.push(`    was ${shown(e.old)}`, `    now ${shown(e.new)}`);
     }
   }
   return `${out.join('\n')}\n`;

@@ -15,7 +15,7 @@ import { hidePassword } from './auth-password.ts';
 export { FAIL_CLOSED };
 
 /** Characters of a script's failure text a log line holds, as written (the sandbox cuts it to as many as thrown). */
-const FAILURE_TEXT_WRITTEN = 8192 + 64;
+export const FAILURE_TEXT_WRITTEN = 8192 + 64;
 
 export async function runHook(
   generation: PolicyGeneration, listener: Pick<ListenerConfig, 'scripts' | 'name'> | undefined, hook: HookName, ctx: object,

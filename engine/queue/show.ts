@@ -3,6 +3,10 @@
  * shows a queue file (the CLI prints the message after it).
  */
 import type { SpoolEnvelope, SpoolHold } from '../spool/envelope.ts';
+import { clientText } from '../logging/logger.ts';
+
+/** A client's or a script's text (a HELO name, a hold's reason) for the terminal, as the log writes it. */
+const shown = (value: string): string => clientText(value, Infinity);
 
 /** `deliveryOn`: the configuration has delivery on (without it the queue runner attempts nothing, ever). */
 export function formatMessageReport(env: SpoolEnvelope, hold: SpoolHold | null, deliveryOn = true): string {
@@ -12,10 +16,10 @@ export function formatMessageReport(env: SpoolEnvelope, hold: SpoolHold | null, 
     `message_size: ${env.size}`,
     `message_arrival_time: ${env.receivedAt}`,
     `sender: ${env.sender === '' ? '<> (null sender)' : env.sender}`,
-    `client: ${s.remoteAddress} on listener ${s.listener}, helo ${s.helo ?? '(none)'}`,
+    `client: ${s.remoteAddress} on listener ${s.listener}, helo ${s.helo === null || s.helo === undefined ? '(none)' : shown(s.helo)}`,
     `authenticated_user: ${s.authenticatedUser ?? '(none)'}`,
     `client_certificate: ${s.clientCertificate ? describeCertificate(s.clientCertificate) : '(none)'}`,
-    `held: ${hold ? `yes, since ${hold.at ?? '?'}${hold.by ? ` by ${hold.by.user}${hold.by.sudoUser ? ` (sudo by ${hold.by.sudoUser})` : ''}` : ''}${hold.script ? ` by script ${hold.script.file}: ${hold.script.reason}` : ''} (postern queue release ${env.id})` : 'no'}`,
+    `held: ${hold ? `yes, since ${hold.at ?? '?'}${hold.by ? ` by ${hold.by.user}${hold.by.sudoUser ? ` (sudo by ${hold.by.sudoUser})` : ''}` : ''}${hold.script ? ` by script ${hold.script.file}: ${shown(hold.script.reason)}` : ''} (postern queue release ${env.id})` : 'no'}`,
     `attempts: ${env.attempts}`,
     `next_attempt: ${hold ? 'none while held' : !deliveryOn ? 'none: delivery is off (no delivery section, or delivery.enabled: false)' : env.attempts ? env.nextAttemptAt : 'as soon as the queue runner gets to it (never attempted)'}`,
   ];

@@ -21,6 +21,8 @@ import { recordingFiles, dayOf, sourceOf, type ConnectionSource, type Recording 
 import type { ListenerConfig } from '../config/schema.ts';
 import { isHookName } from '../sandbox/hooks.ts';
 import { closeMessageText, openMessageText } from '../sandbox/message-texts.ts';
+import { ScriptFailure, unrecoverableReasons, type Sandbox } from '../sandbox/index.ts';
+import { afterTimeout } from './overdue-calls.ts';
 
 export interface ReplayOptions {
   /** The candidate scripts folder: it stands in for the top-level scripts and every listener's. */
@@ -52,11 +54,19 @@ export interface ReplaySummary {
   /** Data-hook calls whose candidate read the body (ctx.message.text()), which is not recorded: not compared. */
   unreplayable: number;
   groups: ReplayGroup[];
+  /**
+   * Set when replay stopped early: a candidate's call could not be stopped (a step V8 cannot interrupt), which
+   * parks an isolate thread for good. `at`: the record whose call it was, when known. The counts are up to it.
+   */
+  stopped?: { reason: string; at: ReplayExample | null };
 }
 
 export async function replay(loaded: LoadedConfig, logger: Logger, options: ReplayOptions): Promise<ReplaySummary> {
+  // Every call on an isolate thread (as postern try's): a candidate stuck in a step V8 cannot interrupt is then
+  // cut off at its deadline and counted as failed, instead of holding this process's own thread until isolated-vm
+  // gives up on it and the process dies (SIGSEGV, nothing printed).
   const config = {
-    ...loaded.config, scripts: options.scripts,
+    ...loaded.config, scripts: options.scripts, sandbox: { ...loaded.config.sandbox, fastPathMs: 0 },
     listeners: loaded.config.listeners.map((l) => ({ ...l, scripts: options.scripts, shadowScripts: undefined })),
     policyServices: loaded.config.policyServices.map((p) => (options.policyScripts ? { ...p, scripts: options.policyScripts } : p)),
   };
@@ -66,7 +76,11 @@ export async function replay(loaded: LoadedConfig, logger: Logger, options: Repl
   const keep = options.examples ?? 3;
   try {
     const fromDay = options.since === undefined ? '' : dayOf(options.since);
-    for (const file of recordingFiles(loaded.config.dataDir)) {
+    /** The last record whose call the sandbox had to give up on while it ran. */
+    let givenUp: ReplayExample | null = null;
+    // The process's earlier signals (a replay run inside another command) are not this replay's.
+    const reasonsBefore = unrecoverableReasons().length;
+    files: for (const file of recordingFiles(loaded.config.dataDir)) {
       if (file.day < fromDay) continue;
       const lines = createInterface({ input: createReadStream(file.path, 'utf8'), crlfDelay: Infinity });
       for await (const line of lines) {
@@ -75,18 +89,31 @@ export async function replay(loaded: LoadedConfig, logger: Logger, options: Repl
         if (!r) { summary.unreadable++; continue; }
         if (options.since !== undefined && Date.parse(r.t) < options.since) continue;
         if (options.hook && r.hook !== options.hook) continue;
-        const now = await candidateVerdict(generation, r);
-        if (now === UNREPLAYABLE) { summary.unreplayable++; continue; }
-        summary.decisions++;
-        if (now === r.verdict) continue;
-        summary.changed++;
-        const from = kind(r.verdict);
-        const to = kind(now);
-        const key = `${r.hook}\n${from}\n${to}`;
-        let g = groups.get(key);
-        if (!g) groups.set(key, g = { hook: r.hook, from, to, count: 0, examples: [] });
-        g.count++;
-        if (g.examples.length < keep) g.examples.push({ time: r.t, connectionId: r.cid, listener: r.listener, source: r.listener === null ? null : r.source ?? sourceOf(r.ctx), identity: identityOf(r), address: addressOf(r), old: r.verdict, new: now });
+        // isolated-vm's word may come after the call that caused it (it gives a thread 5 s): stop at the next record.
+        if (unrecoverableReasons().length > reasonsBefore) { summary.stopped = { reason: unrecoverableReasons()[reasonsBefore]!, at: givenUp }; break files; }
+        const sandbox = generation.sandboxFor(placeOf(generation, r));
+        const abandonedBefore = sandbox.abandoned;
+        const { label: now, timedOut } = await candidateVerdict(sandbox, r);
+        const example = (label: string): ReplayExample => ({ time: r.t, connectionId: r.cid, listener: r.listener, source: r.listener === null ? null : r.source ?? sourceOf(r.ctx), identity: identityOf(r), address: addressOf(r), old: r.verdict, new: label });
+        if (now === UNREPLAYABLE) {
+          summary.unreplayable++;
+        } else {
+          summary.decisions++;
+          if (now !== r.verdict) {
+            summary.changed++;
+            const from = kind(r.verdict);
+            const to = kind(now);
+            const key = `${r.hook}\n${from}\n${to}`;
+            let g = groups.get(key);
+            if (!g) groups.set(key, g = { hook: r.hook, from, to, count: 0, examples: [] });
+            g.count++;
+            if (g.examples.length < keep) g.examples.push(example(now));
+          }
+        }
+        if (!timedOut) continue;
+        const parked = await afterTimeout(sandbox, abandonedBefore, reasonsBefore);
+        if (sandbox.abandoned > abandonedBefore) givenUp = example(now === UNREPLAYABLE ? 'failed' : now);
+        if (parked) { summary.stopped = { reason: unrecoverableReasons()[reasonsBefore]!, at: givenUp }; break files; }
       }
     }
   } finally {
@@ -127,9 +154,9 @@ function placeOf(generation: PolicyGeneration, r: Recording): Pick<ListenerConfi
   return places.find((p) => p.name === r.listener);
 }
 
-async function candidateVerdict(generation: PolicyGeneration, r: Recording): Promise<string | typeof UNREPLAYABLE> {
-  const sandbox = generation.sandboxFor(placeOf(generation, r));
-  if (!sandbox.has(r.hook)) return 'none';
+/** The candidate's verdict on a recorded call, and whether its call ran out of time. */
+async function candidateVerdict(sandbox: Sandbox, r: Recording): Promise<{ label: string | typeof UNREPLAYABLE; timedOut: boolean }> {
+  if (!sandbox.has(r.hook)) return { label: 'none', timedOut: false };
   // The recorded body token is long closed: a candidate that reads the body gets an error, and its call is
   // not compared, whatever it then decides (it decided without the body).
   let bodyRead = false;
@@ -137,9 +164,9 @@ async function candidateVerdict(generation: PolicyGeneration, r: Recording): Pro
   const ctx = token === null ? r.ctx : { ...r.ctx, message: { ...(r.ctx.message as object | undefined), token } };
   try {
     const verdict = await sandbox.invoke(r.hook, ctx, r.cid);
-    return bodyRead ? UNREPLAYABLE : verdictLabel(checkVerdict(r.hook, verdict));
-  } catch {
-    return bodyRead ? UNREPLAYABLE : 'failed';
+    return { label: bodyRead ? UNREPLAYABLE : verdictLabel(checkVerdict(r.hook, verdict)), timedOut: false };
+  } catch (e) {
+    return { label: bodyRead ? UNREPLAYABLE : 'failed', timedOut: e instanceof ScriptFailure && e.kind === 'timeout' };
   } finally {
     if (token !== null) closeMessageText(token);
   }

@@ -13,7 +13,7 @@ export { ScriptError, ScriptErrors, ScriptFailure } from './errors.ts';
 export type { FailureKind } from './errors.ts';
 export type { HostBridge, LogLevel } from './host-callbacks.ts';
 export { HOOK_NAMES, isHookName, parseScriptFileName } from './hooks.ts';
-export { DEADLINE_SLACK_MS } from './sandbox.ts';
+export { DEADLINE_SLACK_MS, OVERDUE_CAP_MS } from './sandbox.ts';
 export { runningCall, runningCallTable, describeRunning, readMirror, removeMirror, StallMirror } from './running-call.ts';
 export type { RunningScript, RunningCallTable } from './running-call.ts';
 export { abandonedRunningScripts, exitMayHang, mustRecycle, onMustRecycle, onUnrecoverable, stuckLoadScripts, unrecoverableReasons } from './unrecoverable.ts';

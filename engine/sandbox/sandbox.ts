@@ -375,6 +375,11 @@ export class Sandbox {
     return [...this.#scripts.keys(), ...this.#standIns.keys()];
   }
 
+  /** Isolates given up on so far while a call was still running on them (as stats().abandoned, without its reads). */
+  get abandoned(): number {
+    return this.#abandoned;
+  }
+
   /**
    * Call `hook`'s script with a copy of `ctx` (taken when the call reaches an isolate: the caller must not
    * change `ctx` before the call settles). With `connectionKey`, `ctx.connection` is kept frozen in

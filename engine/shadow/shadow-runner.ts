@@ -13,7 +13,8 @@ import { hidePassword } from '../policy/auth-password.ts';
 import { checkVerdict } from '../policy/verdict.ts';
 import { verdictLabel } from '../policy/verdict-label.ts';
 import { metrics } from '../metrics/metrics.ts';
-import type { Logger } from '../logging/logger.ts';
+import { scriptText, scriptTextWithin, type Logger } from '../logging/logger.ts';
+import { FAILURE_TEXT_WRITTEN } from '../policy/run-hook.ts';
 import { closeMessageText, copyMessageText, openMessageText, type Sandbox } from '../sandbox/index.ts';
 
 export type ShadowResult = 'same' | 'different' | 'error' | 'skipped';
@@ -57,11 +58,13 @@ function shadowCall(sandbox: Sandbox, call: HookCall, log: Logger, inFlight: Map
   // After the live reply is on its way: the caller resumes (and writes its reply) before the shadow starts.
   void new Promise<void>((resolve) => setImmediate(resolve)).then(() => runShadow(sandbox, body ? { ...call, ctx: body.ctx } : call)).then(({ label, failure }) => {
     if (failure) {
-      log.info({ cid: call.connectionId, listener, hook: call.hook, kind: failure.kind, script: failure.file, line: failure.line, err: failure.message }, `shadow script ${call.hook} failed (not fatal)`);
+      log.info({ cid: call.connectionId, listener, hook: call.hook, kind: failure.kind, script: failure.file, line: failure.line, err: scriptTextWithin(failure.message, FAILURE_TEXT_WRITTEN) }, `shadow script ${call.hook} failed (not fatal)`);
       return settle('error', label);
     }
     if (label === live) return settle('same', label);
-    log.info({ cid: call.connectionId, listener, hook: call.hook, live, shadow: label }, `shadow verdict differs: ${call.hook} live ${live}, shadow ${label}`);
+    // Verdict texts are the scripts' (a candidate's may quote a client): written as their log lines are.
+    const [liveShown, shadowShown] = [scriptText(live), scriptText(label)];
+    log.info({ cid: call.connectionId, listener, hook: call.hook, live: liveShown, shadow: shadowShown }, `shadow verdict differs: ${call.hook} live ${liveShown}, shadow ${shadowShown}`);
     settle('different', label);
   }).finally(() => {
     body?.close();

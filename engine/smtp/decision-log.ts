@@ -5,7 +5,7 @@
  * reply, reason — and the script's file when a script decided —, certificate, identity, user). Info level:
  * a refusal is the server working, not failing.
  */
-import { clientText, type Logger } from '../logging/logger.ts';
+import { clientText, scriptText, type Logger } from '../logging/logger.ts';
 import { boundedName } from '../certificates/describe.ts'; // not the index: it loads the X.509 library
 import type { ConnectionState } from './connection-state.ts';
 import { REPLIES } from './replies.ts';
@@ -78,6 +78,9 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   const subject = address !== undefined && !reply.text.startsWith('<') ? ` <${address}>:` : '';
   // The HELO name as the client wrote it (smtp-server refuses only controls in it): shown as clientText() shows it.
   const helo = st.heloName ? clientText(st.heloName) : st.heloName;
+  // The reply's text may be a script's, quoting what a client sent (`reject('You are not ' + ctx.helo.name)`): written
+  // as the log writes a script's own lines, not as the HELO name beside it had been left before it was escaped.
+  const text = scriptText(reply.text);
   const parts = [
     facts.from !== undefined ? `from=<${facts.from}>` : null,
     to !== undefined ? `to=<${to}>` : null,
@@ -89,11 +92,11 @@ export function logRefusal(log: Logger, conn: RefusedClient, stage: DecisionStag
   const verb = reply.responseCode >= 500 ? 'reject' : 'defer';
   log.info({
     cid: conn.id, id: facts.id ?? undefined, decision: verb, stage, client: conn.remoteAddress, clientName: name,
-    listener: st.listener.name, sent: unsent === null ? undefined : false, code: reply.responseCode, enhanced: reply.enhanced, reply: reply.text, reason: reply.reason,
+    listener: st.listener.name, sent: unsent === null ? undefined : false, code: reply.responseCode, enhanced: reply.enhanced, reply: text, reason: reply.reason,
     script: scriptFileOf(st, reply.reason),
     from: facts.from, to, nrcpt, helo, overLimit: facts.overLimit, user: st.user, identity: st.identity.identity,
     certificate: st.certificate ? { sha256: st.certificate.fingerprint.sha256, subject: boundedName(st.certificate.subject.dn), verified: st.certificate.verified } : null,
-  }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${reply.text}; ${parts}${unsent === null ? '' : ` (not sent: ${unsent})`}`);
+  }, `${facts.id ?? 'NOQUEUE'}: ${verb}: ${stage} from ${client}: ${reply.responseCode}${reply.enhanced ? ` ${reply.enhanced}` : ''}${subject} ${text}; ${parts}${unsent === null ? '' : ` (not sent: ${unsent})`}`);
 }
 
 /** smtp-server's refusals of a MAIL or RCPT parameter's value (SIZE, BODY, SMTPUTF8, RET, ENVID, NOTIFY, ORCPT, duplicates). */

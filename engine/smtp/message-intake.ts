@@ -25,6 +25,7 @@ import { spoolIsFull } from './runtime.ts';
 import { declaresUtf8 } from './envelope-path.ts';
 import { hopLimitRefusal } from './hop-limit.ts';
 import { RepeatedFailure } from '../logging/repeated-failure.ts';
+import { scriptText } from '../logging/logger.ts';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -111,11 +112,13 @@ export async function receiveMessage(
     // when it is logged; kept short (a longer line cost ~10% of a message's CPU in bench:ab).
     if (runtime.logger.isLevelEnabled('info')) {
       const cert = st.certificate;
+      // A hold's reason is a script's text, which may quote the message (a Subject): written as its log lines are.
+      const held = decision.hold ? { file: decision.hold.file, reason: scriptText(decision.hold.reason) } : undefined;
       runtime.logger.info({
         cid: conn.id, id, client: conn.remoteAddress, from: envelope.sender, size: writer.bytes, to: recipients, user: st.user ?? undefined, identity: st.identity.identity ?? undefined,
         certificate: cert ? cert.fingerprint.sha256 : undefined,
-        held: decision.hold ?? undefined,
-      }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${clientName(conn.clientHostname) ?? 'unknown'}[${conn.remoteAddress}] (message spooled${decision.hold ? `, held by ${decision.hold.file}: ${decision.hold.reason}` : ''})`);
+        held,
+      }, `${id}: accepted from=<${envelope.sender}>, size=${writer.bytes}, nrcpt=${recipients.length}, client=${clientName(conn.clientHostname) ?? 'unknown'}[${conn.remoteAddress}] (message spooled${held ? `, held by ${held.file}: ${held.reason}` : ''})`);
     }
     runtime.onSpooled?.(id);
     st.transactionId = null;

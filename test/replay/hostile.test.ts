@@ -144,3 +144,35 @@ test('recordings stop at maxMegabytes even when each record is large (data calls
     await server.stop();
   }
 });
+
+test('a candidate stuck in a step V8 cannot interrupt: replay counts that call as failed and stops there, naming it, with one thread lost', async () => {
+  const server = await startTestServer({
+    config: configYaml({ localDomains: ['example.com'], replay: { keepDays: 1 }, listeners: [testListener('in')] } as never),
+    scripts: { 'rcptto.ts': 'export default function (ctx) { }' },
+  });
+  try {
+    const c = await SmtpTestClient.connect(server.port('in'));
+    await c.hello();
+    assert.equal((await c.command('MAIL FROM:<a@example.org>')).code, 250);
+    for (const to of ['first', 'stuck', 'stuck-again', 'last']) assert.equal((await c.command(`RCPT TO:<${to}@example.com>`)).code, 250);
+    await c.quit();
+    const dataDir = join(server.dir, 'data');
+    await until('4 rcptto calls recorded', async () => (await Promise.all(recordingFiles(dataDir).map((f) => readFile(f.path, 'utf8')))).join('').split('\n').filter(Boolean).length === 4);
+    const candidate = join(server.dir, 'candidate');
+    await mkdir(candidate);
+    await writeFile(join(candidate, 'rcptto.ts'), `export default function (ctx) {
+  if (ctx.address.localPart.startsWith('stuck')) return reject('r=' + Array(2 ** 32 - 1).lastIndexOf(1));
+  return reject('No');
+}`);
+    // Before: the call ran on the command's own thread, which isolated-vm then gave up on: SIGSEGV, nothing printed.
+    // Without waiting for that thread's fate, replay went on to the next stuck call, parking one more thread.
+    const r = await cli(['replay', '-c', join(server.dir, 'postern.yaml'), '--scripts', candidate]);
+    assert.equal(r.code, 3, r.stdout + r.stderr);
+    assert.match(r.stdout, /^2 recorded decisions, 2 would change$/m);
+    assert.match(r.stdout, /^rcptto: none → reject: 1$/m);
+    assert.match(r.stdout, /^rcptto: none → failed: 1\n.*\n    was none\n    now failed$/m);
+    assert.match(r.stderr, /^postern replay: stopped: a candidate's call could not be stopped \(.+\), on the call recorded at \S+ \(\S+, address=stuck@example\.com\); /m);
+  } finally {
+    await server.stop();
+  }
+});
