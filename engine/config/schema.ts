@@ -270,7 +270,7 @@ const dkimKeySchema = z.strictObject({
   privateKey: path()
     .describe('Private key file (PEM, PKCS#8 or PKCS#1): RSA of at least 1024 bits (2048 recommended), signing `rsa-sha256`, or Ed25519, signing `ed25519-sha256` (RFC 8463). Read by the server (checked at every start, reload and `postern check`; used by the queue process to sign); it never enters the sandbox.'),
   senderDomains: z.array(z.string()).default([])
-    .describe('Envelope-sender domains (compared case-insensitively and by their A-labels: an IDN may be written `bücher.example` or `xn--bcher-kva.example`) whose mail is signed with this key unless a `predelivery` script chooses otherwise (`deliver({ dkim })`). A domain listed under several keys (at most 8) is signed with each, in the order the keys are declared: an RSA and an Ed25519 key, so that verifiers that do not know Ed25519 still find a signature they check (RFC 8463 §4).'),
+    .describe('Envelope-sender domains (compared case-insensitively and by their A-labels: an IDN may be written `bücher.example` or `xn--bcher-kva.example`) whose mail is signed with this key unless a `predelivery` script chooses otherwise (`deliver({ dkim })`), when a logged-in client sent it (SMTP AUTH or a certificate `autoLogin`): anyone may write any envelope sender, and mail from the internet taken in for an internal host with a forged sender of ours would go on signed with our key (mail an internal host relays without logging in is signed when a `predelivery` script names the key). A domain listed under several keys (at most 8) is signed with each, in the order the keys are declared: an RSA and an Ed25519 key, so that verifiers that do not know Ed25519 still find a signature they check (RFC 8463 §4).'),
 });
 
 const deliverySchema = z.strictObject({
@@ -300,7 +300,7 @@ const deliverySchema = z.strictObject({
     .describe('Outbound client certificates, by name. See [client certificates](#outbound-client-certificates).'),
   caFiles: z.record(z.string(), path()).default({}).describe('CA bundles (PEM) by name, for `verify`; at most 1000 certificates a bundle (more is an error naming the file).'),
   dkim: z.record(z.string(), dkimKeySchema).default({})
-    .describe('DKIM signing keys, by name. Outbound mail is signed with the keys a `predelivery` script names (`deliver({ dkim: \'<name>\' })` or a list of names, one signature each; `null`: unsigned), else with the keys that list the sender\'s domain under `senderDomains`, else not at all. See [DKIM signing](#dkim-signing).'),
+    .describe('DKIM signing keys, by name. Outbound mail is signed with the keys a `predelivery` script names (`deliver({ dkim: \'<name>\' })` or a list of names, one signature each; `null`: unsigned), else, for mail a logged-in client sent, with the keys that list the sender\'s domain under `senderDomains`, else not at all. See [DKIM signing](#dkim-signing).'),
   concurrency: z.number().int().positive().default(20).describe('SMTP transactions in flight at once, in total.'),
   perDestinationConcurrency: z.number().int().positive().default(4)
     .describe('Transactions, and open connections, to one `host:port` at once.'),

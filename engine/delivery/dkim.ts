@@ -1,6 +1,7 @@
 /**
  * DKIM signing of outbound mail (dkim-signature.ts), with the keys of `delivery.dkim`. Which keys sign a
  * delivery (one signature each): those a predelivery verdict names, else those listing the sender's domain, else none.
+ * The sender domain's keys sign only mail a logged-in client sent: anyone may write any envelope sender.
  * Keys are read in this process only (the queue's), once per configuration generation; nothing of them
  * reaches a script. The signature covers the exact bytes sent: line ends (bare LF, bare CR) are made CRLF
  * before signing, which is what the SMTP client would otherwise do to them on the wire.
@@ -26,13 +27,17 @@ export interface DkimKey {
 }
 
 /**
- * The key names for a delivery, one signature each ([]: unsigned): the verdict's choice, else the keys that list
- * the sender's domain, in the configuration's order (an RSA and an Ed25519 key: both sign). Domains compare by
+ * The key names for a delivery, one signature each ([]: unsigned): the verdict's choice, else, for a message a
+ * logged-in client sent (`loggedIn`: SMTP AUTH or a certificate identity), the keys that list the sender's domain,
+ * in the configuration's order (an RSA and an Ed25519 key: both sign). The envelope sender of any other message is
+ * whatever its client wrote: mail from the internet taken in for an internal host, its sender forged as one of
+ * ours, went out signed with our key (DMARC passing for it there, and wherever it was forwarded). Domains compare by
  * their A-labels (domain-key.ts): an ASCII transaction's sender is `alice@xn--bcher-kva.example`, an SMTPUTF8
  * one's `alice@bücher.example`, and `senderDomains` may list it either way.
  */
-export function chooseDkimKeys(delivery: DeliveryConfig, chosen: readonly string[] | undefined, sender: string): readonly string[] {
+export function chooseDkimKeys(delivery: DeliveryConfig, chosen: readonly string[] | undefined, sender: string, loggedIn: boolean): readonly string[] {
   if (chosen !== undefined) return chosen;
+  if (!loggedIn) return [];
   const at = sender.lastIndexOf('@');
   if (at < 0) return []; // the null sender (bounces): no domain to sign for by default
   const domain = domainKey(sender.slice(at + 1));

@@ -821,7 +821,12 @@ export class QueueRunner {
     if (cert) tls.clientCertificate = cert;
     if (ca) tls.ca = ca;
     if (decision.tls.serverName) tls.serverName = decision.tls.serverName;
-    const dkim = chooseDkimKeys(delivery, decision.dkim, envelope.sender);
+    const loggedIn = envelope.session.authenticatedUser !== null;
+    const dkim = chooseDkimKeys(delivery, decision.dkim, envelope.sender, loggedIn);
+    // Said, so that a site whose internal hosts relay by address sees why their mail goes out unsigned.
+    if (!loggedIn && decision.dkim === undefined && chooseDkimKeys(delivery, undefined, envelope.sender, true).length) {
+      this.#log.info({ id: envelope.id, dkim: 'unsigned' }, `${envelope.id}: not DKIM-signed: its client did not log in, and the sender domain's keys sign only a logged-in client's mail (a predelivery script may name a key)`);
+    }
     return { recipients, plan: { hops, tls, ...(dkim.length ? { dkim } : {}) }, final: [] };
   }
 

@@ -6,8 +6,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { verifyDkim } from '../helpers/dkim.ts';
-import { useSigningDelivery, deliveredCopy } from '../helpers/dkim-delivery.ts';
-import { SmtpTestClient } from '../helpers/smtp-client.ts';
+import { useSigningDelivery, deliveredCopy, DKIM_LOGIN } from '../helpers/dkim-delivery.ts';
+import { SmtpTestClient, authPlainAnyPassword } from '../helpers/smtp-client.ts';
 import { parseConfig } from '../../engine/config/load-config.ts';
 
 const setup = useSigningDelivery({
@@ -30,6 +30,7 @@ test('an ASCII transaction\'s A-label sender is signed by the key that lists its
 test('an SMTPUTF8 transaction\'s U-label sender is signed by the key that lists its domain in A-labels', async () => {
   const c = await SmtpTestClient.connect(setup.server.port());
   await c.hello();
+  assert.equal((await c.command(authPlainAnyPassword(DKIM_LOGIN))).code, 235);
   assert.equal((await c.command('MAIL FROM:<alice@münchen.example> SMTPUTF8')).code, 250);
   assert.equal((await c.command('RCPT TO:<bob@example.net>')).code, 250);
   assert.equal((await c.command('DATA')).code, 354);

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { startSink, type Sink } from '../helpers/sink.ts';
 import { startDeliveryServer, type DeliveryServer } from '../helpers/delivery-server.ts';
 import { dkimKeyPair, verifyDkim, type DkimKeyPair } from '../helpers/dkim.ts';
-import { deliveredCopy } from '../helpers/dkim-delivery.ts';
+import { deliveredCopy, DKIM_LOGIN } from '../helpers/dkim-delivery.ts';
+import { LOGIN_ANYONE } from '../helpers/smtp-client.ts';
 import { configYaml, smarthostDelivery, testListener } from '../helpers/config.ts';
 
 let sink: Sink;
@@ -23,13 +24,14 @@ before(async () => {
     files: { 'com.key': first.privateKey },
     config: configYaml({
       hostname: 'postern.test',
-      listeners: [testListener('in')],
+      listeners: [testListener('in', { auth: { mechanisms: ['PLAIN'] } })], // logged in: the sender domain's key signs
       delivery: smarthostDelivery(sink.port, {
         retrySchedule: [3600],
         dkim: { com: { domain: 'example.com', selector: 'sel', privateKey: 'com.key', senderDomains: ['example.com'] } },
       }),
     }),
-    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    scripts: { 'rcptto.ts': 'export default () => accept();', 'auth.ts': LOGIN_ANYONE },
+    login: DKIM_LOGIN,
   });
 });
 after(async () => {

@@ -52,14 +52,16 @@ async function server(): Promise<{ c: ClusterProcess; sink: Sink; txt: string }>
     config: `${ONE_WORKER}${deliveryToSink(sink.port, { retrySchedule: [1] })}` +
       `  dkim:\n    com: { domain: example.com, selector: sel, privateKey: com.key, senderDomains: [example.com] }\n`,
     files: { 'com.key': rsa.privateKey },
+    // Named by the script: its clients do not log in, and the sender domain's key signs only a logged-in client's mail.
+    scripts: { 'predelivery.ts': 'export default () => deliver({ dkim: "com" });\n' },
   }).catch(async (err: unknown) => { await sink.close(); throw err; });
   served = { c, sink, txt: rsa.txt };
   return served;
 }
 
 /**
- * Under postern serve (one worker, the queue process with its 1 s watchdog): `body` submitted with a DKIM key for
- * its sender's domain must reach the sink, signed so that the signature verifies. Before each fix below, every
+ * Under postern serve (one worker, the queue process with its 1 s watchdog): `body` submitted, signed with the DKIM
+ * key its predelivery script names, must reach the sink, signed so that the signature verifies. Before each fix below, every
  * attempt of such a message held the queue process's thread for seconds and its watchdog killed it: the message
  * never went out (nor did any other). Whether a machine loaded far beyond its cores still stretches one of the
  * short steps left past the watchdog's second is the load's, not asserted here. Both tests share one server: each

@@ -1,11 +1,12 @@
-// DKIM signing of outbound mail: the key a predelivery verdict names, else the sender domain's default, else
-// none; RSA and Ed25519. The next hop (a real SMTP sink) receives messages that dkimpy (python3-dkim, an
+// DKIM signing of outbound mail: the key a predelivery verdict names, else the sender domain's default (for a
+// logged-in client's mail), else none; RSA and Ed25519. The next hop (a real SMTP sink) receives messages that dkimpy (python3-dkim, an
 // independent verifier, given the public keys directly) verifies, and that fail once a signed header changes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { verifyDkim } from '../helpers/dkim.ts';
 import { useSigningDelivery, deliveredCopy } from '../helpers/dkim-delivery.ts';
+import { submitMessage } from '../helpers/smtp-client.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { loadDkimKey } from '../../engine/delivery/dkim.ts';
 import type { DeliveryConfig } from '../../engine/config/schema.ts';
@@ -18,6 +19,7 @@ export default (ctx) => {
   if (ctx.message.sender.startsWith('unsigned@')) return deliver({ dkim: null });
   if (ctx.message.sender.startsWith('nokey@')) return deliver({ dkim: 'no-such-key' });
   if (ctx.message.sender.startsWith('proto@')) return deliver({ dkim: 'constructor' });
+  if (ctx.message.sender.startsWith('relayed@')) return deliver({ dkim: 'com-rsa' });
 };`;
 
 const setup = useSigningDelivery({
@@ -55,6 +57,22 @@ test('deliver({ dkim: null }) sends unsigned, whatever the default; so is mail f
     const data = await delivered(from);
     assert.ok(!data.toString().includes('DKIM-Signature'), `${from}: unsigned`);
   }
+});
+
+test('mail a client sent without logging in is not signed by its sender domain\'s key (anyone may write a sender of ours), and says so; a key the script names signs it', async () => {
+  const { server: s, sink } = setup;
+  const sent = async (from: string): Promise<{ id: string; data: string }> => {
+    const id = await submitMessage(s.port(), from, ['friend@example.net'], MESSAGE.replace('someone@example.com', from)); // no AUTH
+    const e = await s.nextAttempt((x) => x.id === id, { past: true });
+    assert.equal(e.outcomes[0]!.status, 'delivered', e.outcomes[0]!.reply);
+    return { id, data: sink.messages.find((m) => m.data.toString().includes(` id ${id}`))!.data.toString() };
+  };
+  const forged = await sent('ceo@example.com');
+  assert.ok(!forged.data.includes('DKIM-Signature'), 'an internet client\'s ceo@example.com went out unsigned');
+  assert.ok(s.logs.some((l) => l.id === forged.id && l.dkim === 'unsigned' && /not DKIM-signed: its client did not log in/.test(String(l.msg))), 'and the log says why');
+  const relayed = await sent('relayed@example.com');
+  assert.match(relayed.data, /^DKIM-Signature: v=1; a=rsa-sha256; c=relaxed\/relaxed; d=example\.com;/);
+  assert.deepEqual(await verifyDkim(Buffer.from(relayed.data), setup.records), [true]);
 });
 
 test('a verdict naming a key that does not exist defers the delivery (4.7.0), nothing is sent', async () => {

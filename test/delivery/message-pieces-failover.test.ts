@@ -8,6 +8,8 @@ import { startSink } from '../helpers/sink.ts';
 import { startScriptedPeer } from '../helpers/scripted-peer.ts';
 import { fakeResolver, startDeliveryServer } from '../helpers/delivery-server.ts';
 import { configYaml, testListener } from '../helpers/config.ts';
+import { DKIM_LOGIN } from '../helpers/dkim-delivery.ts';
+import { LOGIN_ANYONE } from '../helpers/smtp-client.ts';
 import { dkimKeyPair, verifyDkim } from '../helpers/dkim.ts';
 import { useScratchDir } from '../helpers/scratch.ts';
 import { retryMessages } from '../../engine/queue/admin.ts';
@@ -29,7 +31,7 @@ async function signingConfig(port: number, extra: Record<string, unknown> = {}):
   const pair = dkimKeyPair('rsa');
   const yaml = configYaml({
     hostname: 'postern.test',
-    listeners: [testListener('in')],
+    listeners: [testListener('in', { auth: { mechanisms: ['PLAIN'] } })], // logged in: the sender domain's key signs
     delivery: {
       enabled: true, route: { mx: true, port }, tls: { mode: 'none' }, retrySchedule: [3600],
       dkim: { com: { domain: 'example.com', selector: 'sel', privateKey: await scratch.file('com.key', pair.privateKey), senderDomains: ['example.com'] } },
@@ -54,7 +56,8 @@ test('a first MX that drops the connection part way through the message: the nex
   const { yaml, records } = await signingConfig(sink.port);
   const s = await startDeliveryServer({
     config: yaml,
-    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    scripts: { 'rcptto.ts': 'export default () => accept();', 'auth.ts': LOGIN_ANYONE },
+    login: DKIM_LOGIN,
     resolver: fakeResolver({ 'dest.test': [{ exchange: 'mx1.dest.test', priority: 10 }, { exchange: 'mx2.dest.test', priority: 20 }] },
       { 'mx1.dest.test': ['127.0.0.2'], 'mx2.dest.test': ['127.0.0.1'] }),
   });
@@ -89,7 +92,8 @@ test('a connection used again after a message refused at its end: the next messa
   const { yaml, records } = await signingConfig(sink.port, { concurrency: 1, perDestinationConcurrency: 1 });
   const s = await startDeliveryServer({
     config: yaml,
-    scripts: { 'rcptto.ts': 'export default () => accept();' },
+    scripts: { 'rcptto.ts': 'export default () => accept();', 'auth.ts': LOGIN_ANYONE },
+    login: DKIM_LOGIN,
     resolver: fakeResolver({ 'dest.test': [{ exchange: 'mx.dest.test', priority: 10 }] }, { 'mx.dest.test': ['127.0.0.1'] }),
   });
   try {

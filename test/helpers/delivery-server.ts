@@ -23,7 +23,10 @@ export interface DeliveryServer extends Omit<TestServer, 'port'> {
   scans(count: number, timeoutMs?: number): Promise<void>;
 }
 
-export type DeliveryServerOptions = TestServerOptions;
+export type DeliveryServerOptions = TestServerOptions & {
+  /** send() logs in as this user first (AUTH PLAIN: the listener needs it, and an auth script such as LOGIN_ANYONE). */
+  login?: string;
+};
 
 export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<DeliveryServer> {
   // Loaded here, not at the top: files that import this one for parseDsn() or fakeResolver() start no server in-process.
@@ -35,7 +38,7 @@ export async function startDeliveryServer(opts: DeliveryServerOptions): Promise<
     attempts,
     port: (name?: string) => running.addresses.get(name ?? firstListener)!.port,
     nextAttempt: next,
-    send: (from: string, to: string[], body?: string) => submitMessage(server.port(), from, to, body),
+    send: (from: string, to: string[], body?: string) => submitMessage(server.port(), from, to, body, undefined, opts.login),
     scans: countScans(running.queue!),
   });
   return server;

@@ -1,7 +1,7 @@
 /**
  * DKIM delivery tests' common setup: a real next hop (test/helpers/sink.ts) behind a Postern that signs with
  * fresh keys (test/helpers/dkim.ts), the TXT records that publish them for dkimpy, and the copy the next hop
- * received of a message sent in.
+ * received of a message sent in by a logged-in client.
  */
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +10,10 @@ import { startDeliveryServer, type DeliveryServer } from './delivery-server.ts';
 import { dkimKeyPair } from './dkim.ts';
 import { configYaml, smarthostDelivery, testListener } from './config.ts';
 import { useScratchDir } from './scratch.ts';
+import { LOGIN_ANYONE } from './smtp-client.ts';
+
+/** The user the signing Postern's clients log in as (any password: its auth script lets anyone in). */
+export const DKIM_LOGIN = 'alice@example.com';
 
 export interface SigningKeySpec {
   type: 'rsa' | 'ed25519';
@@ -42,13 +46,15 @@ export function useSigningDelivery<S extends { port: number; close(): Promise<un
       dkim[name] = { domain: k.domain, selector: k.selector, privateKey: await scratch.file(`${name}.key`, pair.privateKey), senderDomains: k.senderDomains ?? [] };
     }
     setup.sink = await startNextHop();
+    // Its clients log in (as DKIM_LOGIN): the sender domain's keys sign only what a logged-in client sent.
     setup.server = await startDeliveryServer({
       config: configYaml({
         hostname: 'postern.test',
-        listeners: [testListener('in')],
+        listeners: [testListener('in', { auth: { mechanisms: ['PLAIN'] } })],
         delivery: smarthostDelivery(setup.sink.port, { retrySchedule: [3600], dkim }),
       }),
-      scripts,
+      scripts: { 'auth.ts': LOGIN_ANYONE, ...scripts },
+      login: DKIM_LOGIN,
     });
   });
   after(async () => {

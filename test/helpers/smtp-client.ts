@@ -277,12 +277,17 @@ export async function sendWithParams(c: SmtpTestClient, mail: string, rcpts: str
 
 /**
  * Submit one message over plain SMTP on 127.0.0.1:`port`; resolves with the queue id of `… queued as <id>`.
- * Every recipient must be accepted (see SmtpTestClient.sendMail).
+ * Every recipient must be accepted (see SmtpTestClient.sendMail). `login`: logged in first as that user (AUTH PLAIN;
+ * the listener's auth script decides: see LOGIN_ANYONE).
  */
-export async function submitMessage(port: number, from: string, to: string[], body?: string, helo?: string): Promise<string> {
+export async function submitMessage(port: number, from: string, to: string[], body?: string, helo?: string, login?: string): Promise<string> {
   const c = await SmtpTestClient.connect(port);
   try {
     await c.hello(helo === undefined ? undefined : { name: helo });
+    if (login !== undefined) {
+      const r = await c.command(authPlainAnyPassword(login));
+      if (r.code !== 235) throw new Error(`not logged in: ${r.text}`);
+    }
     const r = await c.sendMail(from, to, body);
     const id = /queued as ([0-9a-z]+)/.exec(r.text)?.[1];
     if (!id) throw new Error(`not queued: ${r.text}`);
@@ -300,3 +305,12 @@ export async function openTransaction(port: number, helo = 'client.example', fro
   if (!r.text.startsWith('250 ')) throw new Error(`MAIL FROM not accepted: ${r.text}`);
   return c;
 }
+
+/**
+ * A listener's auth script that logs anyone in under the name given (with any password): for tests of what a
+ * logged-in session gets (DKIM signing by sender domain), on a listener with `auth: { mechanisms: [PLAIN] }`.
+ */
+export const LOGIN_ANYONE = 'export default (ctx) => accept({ username: ctx.auth.username });\n';
+
+/** AUTH PLAIN as `user`, with a password LOGIN_ANYONE takes. */
+export const authPlainAnyPassword = (user: string): string => `AUTH PLAIN ${Buffer.from(`\0${user}\0any`).toString('base64')}`;

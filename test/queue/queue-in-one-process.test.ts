@@ -441,7 +441,8 @@ describe('message-copies', () => {
       writer.write(big);
       const now = new Date().toISOString();
       await writer.commit({ version: 1, id, receivedAt: now, sender: 's@origin.test', recipients: [{ address: 'r@next.test' }], size: 0,
-        session: { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null },
+        // Logged in: the sender domain's keys sign only what a logged-in client sent.
+        session: { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: 's@origin.test', clientCertificate: null },
         attempts: 0, nextAttemptAt: now, errors: [] });
       spool.close();
       const before = liveBuffers();

@@ -297,7 +297,8 @@ describe('bytes-in-memory', () => {
         writer.write(long);
         const now = new Date().toISOString();
         await writer.commit({ version: 1, id, receivedAt: now, sender: 's@origin.test', recipients: [{ address: `r${i}@next.test` }], size: 0,
-          session: { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: null, clientCertificate: null },
+          // Logged in when signed: the sender domain's keys sign only what a logged-in client sent.
+          session: { listener: 'in', remoteAddress: '192.0.2.1', helo: 'client', authenticatedUser: dkim ? 's@origin.test' : null, clientCertificate: null },
           attempts: 0, nextAttemptAt: now, errors: [] });
         ids.push(id);
       }
