@@ -126,6 +126,13 @@ listeners:
     await assert.rejects(loadTable('broken', join(dir, 'broken')), { message: `${join(dir, 'broken')}:2: line starts with whitespace but there is no entry to continue` });
   });
 
+  test('a table saved with a byte-order mark and CRLF lines (Windows Notepad) loads as the editor shows it', async () => {
+    await writeFile(join(dir, 'notepad'), '\uFEFFalice@example.com alice@example.com\r\nbob@example.com bob@example.com\r\n');
+    const table = await loadTable('notepad', join(dir, 'notepad'));
+    assert.equal(table.get('alice@example.com'), 'alice@example.com');
+    assert.equal(table.get('bob@example.com'), 'bob@example.com');
+  });
+
   test('a pin line continued: the device may send as the sender on the next line; pins remove takes both lines', async () => {
     const c = await SmtpTestClient.connect(server.port('sub'));
     await c.hello({ starttls: await clientTlsOptions(pki, 'selfsigned') });
