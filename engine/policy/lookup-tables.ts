@@ -122,7 +122,7 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
   if (containsPrivateKey(text)) throw new TableError(file, undefined, `table "${name}": ${privateKeyFileMessage('a table')}`);
   const table = new LookupTable(name, file, caseSensitive);
   if (format === 'postfix') await parsePostfix(table, text, file);
-  else await parseMapping(table, text, file, format);
+  else await parseMapping(table, withoutByteOrderMark(text), file, format);
   return table;
 }
 
@@ -155,6 +155,11 @@ async function parsePostfix(table: LookupTable, text: string, file: string): Pro
     entry = { text: raw, line };
   }
   add();
+}
+
+/** JSON.parse refuses a byte-order mark (Notepad's "UTF-8 with BOM"), quoting it as an unexpected token no one can see. */
+function withoutByteOrderMark(text: string): string {
+  return text.startsWith('\uFEFF') ? text.slice(1) : text;
 }
 
 async function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): Promise<void> {

@@ -131,6 +131,11 @@ listeners:
     const table = await loadTable('notepad', join(dir, 'notepad'));
     assert.equal(table.get('alice@example.com'), 'alice@example.com');
     assert.equal(table.get('bob@example.com'), 'bob@example.com');
+    for (const [format, text] of [['json', '{"alice@example.com": "alice@example.com"}'], ['yaml', 'alice@example.com: alice@example.com']] as const) {
+      await writeFile(join(dir, `notepad.${format}`), `\uFEFF${text}\r\n`);
+      const mapping = await loadTable(`notepad-${format}`, { file: join(dir, `notepad.${format}`), format, caseSensitive: false });
+      assert.equal(mapping.get('alice@example.com'), 'alice@example.com', format);
+    }
   });
 
   test('a pin line continued: the device may send as the sender on the next line; pins remove takes both lines', async () => {
