@@ -138,6 +138,11 @@ listeners:
     }
   });
 
+  test('whitespace is postmap\'s: a line led by a no-break space is no continuation, but an error at its line', async () => {
+    await writeFile(join(dir, 'pasted'), 'alice@example.com alice@example.com\n\u00A0mallory@example.com\n');
+    await assert.rejects(loadTable('pasted', join(dir, 'pasted')), (err: Error) => err.message.startsWith(`${join(dir, 'pasted')}:2: expected "key value"`));
+  });
+
   test('a pin line continued: the device may send as the sender on the next line; pins remove takes both lines', async () => {
     const c = await SmtpTestClient.connect(server.port('sub'));
     await c.hello({ starttls: await clientTlsOptions(pki, 'selfsigned') });
