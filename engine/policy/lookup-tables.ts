@@ -122,7 +122,7 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
   if (containsPrivateKey(text)) throw new TableError(file, undefined, `table "${name}": ${privateKeyFileMessage('a table')}`);
   const table = new LookupTable(name, file, caseSensitive);
   if (format === 'postfix') await parsePostfix(table, text, file);
-  else await parseMapping(table, text, file, format);
+  else await parseMapping(table, withoutByteOrderMark(text), file, format);
   return table;
 }
 
@@ -130,14 +130,17 @@ export async function loadTable(name: string, spec: TableConfig): Promise<Lookup
  * Postfix-style (postmap's source format): `key  value` per logical line, `#` comment lines. A line that starts
  * with whitespace continues the logical line before it, as postmap reads it (readllines(): joined as they are,
  * comment and blank lines in between skipped), so a migrated table's long value lists load unchanged. Postfix
- * only warns about a continuation with nothing to continue and drops it; here that is an error.
+ * only warns about a continuation with nothing to continue and drops it; here that is an error. Whitespace is
+ * postmap's (ASCII: space, tab, vertical tab, form feed), not JavaScript's \s: a line led by a no-break space
+ * (pasted from a web page) continued the entry before it, one more sender for that login, where postmap reads it
+ * as a line of its own and drops it; such a line is now an error at its line.
  */
 async function parsePostfix(table: LookupTable, text: string, file: string): Promise<void> {
   const giveWay = slicer();
   let entry: { text: string; line: number } | null = null;
   const add = (): void => {
     if (!entry) return;
-    const m = /^(\S+)\s+(.*\S)\s*$/.exec(entry.text);
+    const m = /^([^ \t\v\f]+)[ \t\v\f]+(.*[^ \t\v\f])[ \t\v\f]*$/.exec(entry.text);
     if (!m) throw new TableError(file, entry.line, `expected "key value", got ${quoteLine(entry.text)}`);
     if (!table.set(m[1]!, m[2]!)) throw new TableError(file, entry.line, `duplicate key ${quoteToken(m[1]!)}`);
     entry = null;
@@ -145,8 +148,8 @@ async function parsePostfix(table: LookupTable, text: string, file: string): Pro
   for (const [raw, line] of linesOf(text)) {
     const turn = giveWay();
     if (turn) await turn;
-    if (/^\s*(#|$)/.test(raw)) continue;
-    if (/^\s/.test(raw)) {
+    if (/^[ \t\v\f]*(#|$)/.test(raw)) continue;
+    if (/^[ \t\v\f]/.test(raw)) {
       if (!entry) throw new TableError(file, line, 'line starts with whitespace but there is no entry to continue');
       entry.text += raw;
       continue;
@@ -155,6 +158,11 @@ async function parsePostfix(table: LookupTable, text: string, file: string): Pro
     entry = { text: raw, line };
   }
   add();
+}
+
+/** JSON.parse refuses a byte-order mark (Notepad's "UTF-8 with BOM"), quoting it as an unexpected token no one can see. */
+function withoutByteOrderMark(text: string): string {
+  return text.startsWith('\uFEFF') ? text.slice(1) : text;
 }
 
 async function parseMapping(table: LookupTable, text: string, file: string, format: 'yaml' | 'json'): Promise<void> {

@@ -126,6 +126,23 @@ listeners:
     await assert.rejects(loadTable('broken', join(dir, 'broken')), { message: `${join(dir, 'broken')}:2: line starts with whitespace but there is no entry to continue` });
   });
 
+  test('a table saved with a byte-order mark and CRLF lines (Windows Notepad) loads as the editor shows it', async () => {
+    await writeFile(join(dir, 'notepad'), '\uFEFFalice@example.com alice@example.com\r\nbob@example.com bob@example.com\r\n');
+    const table = await loadTable('notepad', join(dir, 'notepad'));
+    assert.equal(table.get('alice@example.com'), 'alice@example.com');
+    assert.equal(table.get('bob@example.com'), 'bob@example.com');
+    for (const [format, text] of [['json', '{"alice@example.com": "alice@example.com"}'], ['yaml', 'alice@example.com: alice@example.com']] as const) {
+      await writeFile(join(dir, `notepad.${format}`), `\uFEFF${text}\r\n`);
+      const mapping = await loadTable(`notepad-${format}`, { file: join(dir, `notepad.${format}`), format, caseSensitive: false });
+      assert.equal(mapping.get('alice@example.com'), 'alice@example.com', format);
+    }
+  });
+
+  test('whitespace is postmap\'s: a line led by a no-break space is no continuation, but an error at its line', async () => {
+    await writeFile(join(dir, 'pasted'), 'alice@example.com alice@example.com\n\u00A0mallory@example.com\n');
+    await assert.rejects(loadTable('pasted', join(dir, 'pasted')), (err: Error) => err.message.startsWith(`${join(dir, 'pasted')}:2: expected "key value"`));
+  });
+
   test('a pin line continued: the device may send as the sender on the next line; pins remove takes both lines', async () => {
     const c = await SmtpTestClient.connect(server.port('sub'));
     await c.hello({ starttls: await clientTlsOptions(pki, 'selfsigned') });
