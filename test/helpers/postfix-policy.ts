@@ -2,6 +2,7 @@
  * A Postern policy service behind a real Postfix: Postfix relays to an smtp-sink and asks Postern over its private
  * `postern` socket, as docs/postfix-policy.md sets it up. What the policy-service tests behind Postfix start.
  */
+import net from 'node:net';
 import { join } from 'node:path';
 import { startTestServer, type TestServer } from './postern.ts';
 import { freePort, startPostfix, startSmtpSink, type PostfixInstance, type SmtpSink } from './postfix.ts';
@@ -44,4 +45,32 @@ export async function startPostfixPolicy(name: string, main: Record<string, stri
       await sink.stop();
     },
   };
+}
+
+/** One SMTP session on 127.0.0.1:`port` (commands written as UTF-8): the replies to its commands after EHLO (DATA's message sent when it is 354). */
+export async function smtpSession(port: number, commands: string[]): Promise<string[]> {
+  const socket = net.connect({ host: '127.0.0.1', port });
+  let text = '';
+  let wake = (): void => {};
+  socket.on('data', (chunk: Buffer) => { text += chunk.toString('utf8'); wake(); });
+  await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+  const reply = async (): Promise<string> => {
+    while (!/^\d{3} [^\n]*\n/m.test(text)) await new Promise<void>((resolve) => { wake = resolve; });
+    const line = /^\d{3} [^\n]*\n/m.exec(text)!;
+    text = text.slice(line.index + line[0].length);
+    return line[0].trim();
+  };
+  await reply();
+  const replies: string[] = [];
+  for (const command of ['EHLO client.example', ...commands]) {
+    socket.write(Buffer.from(`${command}\r\n`, 'utf8'));
+    replies.push(await reply());
+    if (command === 'DATA' && replies.at(-1)!.startsWith('354')) {
+      socket.write('Subject: t\r\n\r\nhello\r\n.\r\n');
+      replies.push(await reply());
+    }
+  }
+  socket.write('QUIT\r\n');
+  socket.end();
+  return replies.slice(1);
 }

@@ -7,10 +7,9 @@
 // scripts (and ctx.postfix.attributes, and its log) the address as Postfix delivers it.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { startTestServer } from '../helpers/postern.ts';
 import { needsPostfix } from '../helpers/postfix.ts';
-import { startPostfixPolicy, type PostfixPolicy } from '../helpers/postfix-policy.ts';
+import { smtpSession, startPostfixPolicy, type PostfixPolicy } from '../helpers/postfix-policy.ts';
 import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
 
 const scripts = {
@@ -18,34 +17,6 @@ const scripts = {
   'rcptto.js': `export default (ctx) => ctx.address.domain === 'blocked.example' ? reject('blocked domain')
     : ctx.address.localPart.startsWith('echo') ? reject(JSON.stringify([ctx.address.address, ctx.address.domain, ctx.transaction.sender.address, ctx.postfix.attributes.recipient, ctx.postfix.attributes.sender])) : undefined;`,
 };
-
-/** One SMTP session: the replies to its commands (DATA's message sent when it is 354). */
-async function session(port: number, commands: string[]): Promise<string[]> {
-  const socket = net.connect({ host: '127.0.0.1', port });
-  let text = '';
-  let wake = (): void => {};
-  socket.on('data', (chunk: Buffer) => { text += chunk.toString('utf8'); wake(); });
-  await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
-  const reply = async (): Promise<string> => {
-    while (!/^\d{3} [^\n]*\n/m.test(text)) await new Promise<void>((resolve) => { wake = resolve; });
-    const line = /^\d{3} [^\n]*\n/m.exec(text)!;
-    text = text.slice(line.index + line[0].length);
-    return line[0].trim();
-  };
-  await reply();
-  const replies: string[] = [];
-  for (const command of ['EHLO client.example', ...commands]) {
-    socket.write(`${command}\r\n`);
-    replies.push(await reply());
-    if (command === 'DATA' && replies.at(-1)!.startsWith('354')) {
-      socket.write('Subject: t\r\n\r\nhello\r\n.\r\n');
-      replies.push(await reply());
-    }
-  }
-  socket.write('QUIT\r\n');
-  socket.end();
-  return replies.slice(1);
-}
 
 const { skip } = needsPostfix();
 let peers: PostfixPolicy | undefined;
@@ -67,16 +38,16 @@ test('behind a real Postfix: a domain written with its trailing dot, or a bang p
     ['MAIL FROM:<a@client.example> SMTPUTF8', 'RCPT TO:<r@\uFF42locked.example>', /^550 5\.7\.1 .*blocked domain$/],
     ['MAIL FROM:<a@client.example> SMTPUTF8', 'RCPT TO:<r@BLOCKED.\uFF25xample>', /^550 5\.7\.1 .*blocked domain$/],
   ] as const) {
-    const replies = await session(port, [mail, rcpt, 'DATA']);
+    const replies = await smtpSession(port, [mail, rcpt, 'DATA']);
     assert.match(replies[1]!, refusal, `${mail} ${rcpt}: ${replies.join(' | ')}`);
     assert.match(replies[2]!, /^554 5\.5\.1 Error: no valid recipients/, 'nothing queued');
   }
   // What Postfix delivers a dotted domain to: the name without the dot.
-  const ok = await session(port, ['MAIL FROM:<a@client.example>', 'RCPT TO:<dotted@elsewhere.example.>', 'DATA']);
+  const ok = await smtpSession(port, ['MAIL FROM:<a@client.example>', 'RCPT TO:<dotted@elsewhere.example.>', 'DATA']);
   assert.deepEqual(ok.map((r) => r.slice(0, 3)), ['250', '250', '354', '250'], ok.join(' | '));
   const delivered = await sink.waitFor(/dotted@/);
   assert.match(delivered, /^X-Rcpt-Args: <dotted@elsewhere\.example> /m, 'RCPT TO without the dot (ORCPT keeps what the client wrote)');
-  const swapped = await session(port, ['MAIL FROM:<a@client.example>', 'RCPT TO:<elsewhere.example!banged>', 'DATA']);
+  const swapped = await smtpSession(port, ['MAIL FROM:<a@client.example>', 'RCPT TO:<elsewhere.example!banged>', 'DATA']);
   assert.deepEqual(swapped.map((r) => r.slice(0, 3)), ['250', '250', '354', '250'], swapped.join(' | '));
   assert.match(await sink.waitFor(/banged/), /^X-Rcpt-Args: <banged@elsewhere\.example> /m, 'the bang path delivered as user@site');
 });

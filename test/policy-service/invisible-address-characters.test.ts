@@ -6,10 +6,9 @@
 // relayed as block<U+00AD>ed@. The service now refuses them as a listener does, at every state that names them.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { startTestServer, type TestServer } from '../helpers/postern.ts';
 import { needsPostfix } from '../helpers/postfix.ts';
-import { startPostfixPolicy, type PostfixPolicy } from '../helpers/postfix-policy.ts';
+import { smtpSession, startPostfixPolicy, type PostfixPolicy } from '../helpers/postfix-policy.ts';
 import { PolicyClient, rcptRequest } from './helpers/policy-client.ts';
 
 const REFUSED = '553 5.1.3 Control, format or unassigned characters in an address are not accepted';
@@ -18,34 +17,6 @@ const scripts = {
   'rcptto.js': `export default (ctx) => { log('rcptto ran ' + JSON.stringify(ctx.address.address)); return ctx.address.localPart === 'blocked' ? reject('blocked recipient') : undefined; }`,
   'data.js': `export default (ctx) => { log('data ran'); }`,
 };
-
-/** One SMTP session: the replies to its commands (DATA's message sent when it is 354). */
-async function session(port: number, commands: string[]): Promise<string[]> {
-  const socket = net.connect({ host: '127.0.0.1', port });
-  let text = '';
-  let wake = (): void => {};
-  socket.on('data', (chunk: Buffer) => { text += chunk.toString('utf8'); wake(); });
-  await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
-  const reply = async (): Promise<string> => {
-    while (!/^\d{3} [^\n]*\n/m.test(text)) await new Promise<void>((resolve) => { wake = resolve; });
-    const line = /^\d{3} [^\n]*\n/m.exec(text)!;
-    text = text.slice(line.index + line[0].length);
-    return line[0].trim();
-  };
-  await reply();
-  const replies: string[] = [];
-  for (const command of ['EHLO client.example', ...commands]) {
-    socket.write(Buffer.from(`${command}\r\n`, 'utf8'));
-    replies.push(await reply());
-    if (command === 'DATA' && replies.at(-1)!.startsWith('354')) {
-      socket.write('Subject: t\r\n\r\nhello\r\n.\r\n');
-      replies.push(await reply());
-    }
-  }
-  socket.write('QUIT\r\n');
-  socket.end();
-  return replies.slice(1);
-}
 
 const { skip } = needsPostfix();
 let peers: PostfixPolicy | undefined;
@@ -61,19 +32,19 @@ after(() => peers?.stop());
 test('behind a real Postfix: a sender or recipient with a soft hyphen or a bidi override is refused with 553 5.1.3, never queued', { skip, timeout: 90_000 }, async () => {
   const { port, s } = peers!;
   // What the scripts refuse, spelled plainly: refused by them (the set-up works).
-  assert.deepEqual((await session(port, ['MAIL FROM:<ceo@example.org>', 'RCPT TO:<r@elsewhere.example>'])).map((r) => r.slice(0, 3)), ['250', '550']);
+  assert.deepEqual((await smtpSession(port, ['MAIL FROM:<ceo@example.org>', 'RCPT TO:<r@elsewhere.example>'])).map((r) => r.slice(0, 3)), ['250', '550']);
   for (const [mail, rcpt] of [
     ['MAIL FROM:<ce\u00ADo@example.org> SMTPUTF8', 'RCPT TO:<r@elsewhere.example>'],
     ['MAIL FROM:<a@client.example> SMTPUTF8', 'RCPT TO:<block\u00ADed@elsewhere.example>'],
     ['MAIL FROM:<a@client.example> SMTPUTF8', 'RCPT TO:<\u202Edekcolb@elsewhere.example>'],
     ['MAIL FROM:<a@client.example> SMTPUTF8', 'RCPT TO:<blocked\u{E0041}@elsewhere.example>'],
   ]) {
-    const replies = await session(port, [mail!, rcpt!, 'DATA']);
+    const replies = await smtpSession(port, [mail!, rcpt!, 'DATA']);
     assert.match(replies[1]!, new RegExp(`^553 5\\.1\\.3 .*${REFUSED.slice(10)}$`), `${mail} ${rcpt}: ${replies.join(' | ')}`);
     assert.match(replies[2]!, /^554 5\.5\.1 Error: no valid recipients/, 'nothing to queue');
   }
   // Plain mail still goes through the same service.
-  const plain = await session(port, ['MAIL FROM:<a@client.example>', 'RCPT TO:<r@elsewhere.example>', 'DATA']);
+  const plain = await smtpSession(port, ['MAIL FROM:<a@client.example>', 'RCPT TO:<r@elsewhere.example>', 'DATA']);
   assert.deepEqual(plain.map((r) => r.slice(0, 3)), ['250', '250', '354', '250']);
   assert.equal(s.logs.filter((l) => /^(mailfrom|rcptto) ran .*\\u/.test(String(l.msg))).length, 0, 'no script saw such an address');
 });
